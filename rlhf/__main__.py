@@ -1,0 +1,84 @@
+"""`python -m rlhf`: compose -> validate -> load -> train -> save -> report. See conf/config.yaml."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rlhf import runtime
+from rlhf.config import register_schemas, validate
+from rlhf.errors import UserError, discard_run_on_bad_input, install_hydra_reporter, report
+
+CONF = Path(__file__).resolve().parent.parent / "conf"  # an absolute path: the console script finds it too
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    started, run_dir = time.time(), Path(HydraConfig.get().runtime.output_dir)
+    with discard_run_on_bad_input(run_dir):
+        validate(cfg)  # every config error at once, before torch is even imported
+        from rlhf import data, hardware, models
+        from rlhf import report as out
+        from rlhf.methods import Inputs, get
+
+        method = get(cfg.method.name)
+        dataset = data.load(cfg.data, method.DATA_FORMATS, cfg.method.name)  # bad rows fail here: file:line
+        hw = hardware.resolve(cfg.hardware)  # auto -> a concrete profile; a CUDA profile needs CUDA
+        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
+
+    from transformers import set_seed
+
+    set_seed(cfg.seed)  # adapter initialisation and data order
+    prompts, samples = data.sample_prompts(cfg.data, dataset), run_dir / "samples.jsonl"
+    if out.is_main_process():
+        out.write_samples(samples, "before", prompts, out.generate(model, tokenizer, prompts, cfg.samples))
+
+    metrics = out.MetricsFile(run_dir / "metrics.jsonl")
+    args = {**hardware.trainer_args(hw, method.BATCH), **out.trainer_io(run_dir, cfg.seed)}
+    result = method.train(Inputs(model, tokenizer, dataset.rows, cfg.method, args, [metrics]))
+    if not out.is_main_process():
+        return None
+
+    models.save(result.model, tokenizer, run_dir / "model")
+    out.write_samples(samples, "after", prompts, out.generate(result.model, tokenizer, prompts, cfg.samples))
+    out.plot(run_dir, metrics.rows, f"{cfg.method.name} on {cfg.model.name}")
+    summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started)
+    out.write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
+    out.print_table(summary, run_dir)
+    return summary["final_loss"]
+
+
+def check_run_dir(argv: list[str]) -> None:
+    """Refuse a hydra.run.dir that already holds files, and a multi-process launch without one."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and Path(given[-1]).is_dir() and any(Path(given[-1]).iterdir()):
+        raise UserError(f"hydra.run.dir={given[-1]}: already holds files; fix: choose a new directory")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not given:
+        raise UserError(
+            "hydra.run.dir: under a multi-process launch each process computes its own timestamped "
+            "directory; fix: pass hydra.run.dir=outputs/<name> explicitly"
+        )
+
+
+def cli() -> None:
+    """The console script `rlhf` (= python -m rlhf)."""
+    runtime.tune_malloc()
+    runtime.quiet_libraries()
+    install_hydra_reporter()
+    register_schemas()
+    try:
+        check_run_dir(sys.argv[1:])
+    except UserError as e:
+        report([str(e)])
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

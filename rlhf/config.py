@@ -1,0 +1,325 @@
+"""Config schemas (types only) and `validate(cfg)`.
+
+Values live in the YAML files under conf/; the dataclasses here give every key its type, so Hydra rejects a
+mistyped key or a wrong type on the command line and in YAML. A field that has a default here is optional
+and the YAMLs leave it out unless they change it; a field marked MISSING must be set by every option of its
+group. `validate` then collects the cross-field errors, all at once, before anything heavy is imported.
+
+This module imports nothing heavier than OmegaConf: `python -m rlhf --cfg job` must stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+from rlhf.errors import ConfigError
+
+# --------------------------------------------------------------------------- schemas
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name, used in run directory names
+    # pretrained: `path` is a hub id or a local directory
+    # gguf: `path` is an installed Python package that ships the GGUF file `gguf_file`
+    # tiny: a randomly initialised Llama built from `architecture` with the tokenizer in rlhf/assets
+    source: str = MISSING
+    path: str = MISSING
+    gguf_file: str = ""
+    install_hint: str = ""  # the command that installs `path` when source=gguf
+    revision: str = "main"
+    trust_remote_code: bool = False
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingConfig:
+    """Keys shared by every method that runs an optimiser."""
+
+    name: str = MISSING
+    learning_rate: float = MISSING
+    num_epochs: float = MISSING
+    max_steps: int = 0  # > 0 overrides num_epochs
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+
+
+@dataclass
+class SFTMethodConfig(TrainingConfig):
+    pass
+
+
+@dataclass
+class LoraMethodConfig(TrainingConfig):
+    lora_r: int = MISSING
+    lora_alpha: int = MISSING
+    lora_dropout: float = MISSING
+    target_modules: Any = MISSING  # "all-linear" or a list of module names
+
+
+@dataclass
+class PromptTuningMethodConfig(TrainingConfig):
+    num_virtual_tokens: int = MISSING
+    prompt_tuning_init_text: str = MISSING  # "" initialises the virtual tokens randomly
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    device: str = MISSING  # cpu | cuda | auto
+    precision: str = MISSING  # fp32 | bf16 | fp16 | auto (bf16 where the device has it, else fp32)
+    tf32: bool = MISSING
+    model_dtype: str = MISSING  # float32 | bfloat16 | float16: the dtype the weights are loaded in
+    load_in_4bit: bool = MISSING
+    quantize_min_params_b: float = MISSING  # 4-bit only for models at least this large (billions)
+    bnb_4bit_quant_type: str = MISSING
+    bnb_4bit_use_double_quant: bool = MISSING
+    bnb_4bit_compute_dtype: str = MISSING
+    sft_batch_size: int = MISSING
+    sft_grad_accum: int = MISSING
+    pref_batch_size: int = MISSING  # rm / dpo
+    pref_grad_accum: int = MISSING
+    gradient_checkpointing: bool = MISSING
+    optim: str = MISSING
+    max_seq_length: int = MISSING
+    dataloader_num_workers: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    path: str = MISSING  # a shipped set (rlhf/datasets/<path>.jsonl), a local .json/.jsonl file, or a hub id
+    format: str = "auto"  # auto | alpaca | chat | question_decomposition | prompts | preference
+    split: str = "train"  # hub data sets only
+    max_samples: int = 0  # 0 = all rows
+    sample_prompts: list[str] = field(default_factory=list)  # fixed prompts for samples.jsonl
+    decomposition_instruction: str = "Break this question into simpler sub-questions:"
+
+
+@dataclass
+class RewardConfig:
+    name: str = MISSING
+    words: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalConfig:
+    name: str = MISSING
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class SamplesConfig:
+    max_new_tokens: int = MISSING
+
+
+@dataclass
+class RootConfig:
+    seed: int = MISSING
+    cache_dir: str = MISSING
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+    # each group's node is typed by its own schema (see the YAML's defaults list)
+    model: Any = MISSING
+    method: Any = MISSING
+    hardware: Any = MISSING
+    reward: Any = MISSING
+    data: Any = MISSING
+    eval: Any = MISSING
+    logger: Any = MISSING
+
+
+METHOD_SCHEMAS = {"sft": SFTMethodConfig, "lora": LoraMethodConfig, "prompt_tuning": PromptTuningMethodConfig}
+
+
+def register_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="root_schema", node=RootConfig)
+    for group, node in [
+        ("model", ModelConfig),
+        ("hardware", HardwareConfig),
+        ("data", DataConfig),
+        ("reward", RewardConfig),
+        ("eval", EvalConfig),
+        ("logger", LoggerConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name="base", node=node)
+    for name, node in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=node)
+
+
+# --------------------------------------------------------------------------- validation
+
+MODEL_SOURCES = ("pretrained", "gguf", "tiny")
+DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+QUANT_TYPES = ("nf4", "fp4")
+DATA_FORMATS = ("auto", "alpaca", "chat", "question_decomposition", "prompts", "preference")
+OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adafactor",
+    "sgd",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+)
+
+
+def looks_local(path: str) -> bool:
+    """A path the user means as a file or directory on this machine (not a hub id)."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or Path(path).expanduser().exists()
+
+
+def validate(cfg: DictConfig) -> None:
+    """Collect every cross-field error in the composed config and raise them together.
+
+    Each problem reads `key=value: rule; fix: what to do`.
+    """
+    errors: list[str] = []
+
+    def check(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
+        if not ok:
+            errors.append(f"{key}={_show(value)}: {rule}; fix: {fix}")
+
+    def positive(key: str, value: float, example: str) -> None:
+        check(value > 0, key, value, "must be positive", f"use e.g. {key.split('.')[-1]}={example}")
+
+    def one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+        check(value in choices, key, value, "unknown value", f"choose one of: {', '.join(choices)}")
+
+    check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0", "use a non-negative integer, e.g. seed=42")
+    positive("samples.max_new_tokens", cfg.samples.max_new_tokens, "64")
+
+    m = cfg.model
+    one_of("model.source", m.source, MODEL_SOURCES)
+    if m.source == "pretrained" and looks_local(m.path):
+        check(
+            (Path(m.path).expanduser() / "config.json").is_file(),
+            "model.path",
+            m.path,
+            "not a model directory (no config.json)",
+            "give a directory saved by save_pretrained, or a hub id such as Qwen/Qwen2.5-3B",
+        )
+    if m.source == "gguf":
+        check(
+            bool(m.gguf_file),
+            "model.gguf_file",
+            m.gguf_file,
+            "empty",
+            "name the .gguf file inside the package",
+        )
+
+    t = cfg.method
+    positive("method.learning_rate", t.learning_rate, "2e-4")
+    positive("method.num_epochs", t.num_epochs, "1")
+    check(
+        t.max_steps >= 0,
+        "method.max_steps",
+        t.max_steps,
+        "must be >= 0",
+        "use 0 (train num_epochs) or a step count",
+    )
+    check(
+        0 <= t.warmup_ratio < 1, "method.warmup_ratio", t.warmup_ratio, "must be in [0, 1)", "use e.g. 0.03"
+    )
+    positive("method.max_grad_norm", t.max_grad_norm, "1.0")
+    positive("method.logging_steps", t.logging_steps, "1")
+    if "lora_r" in t:
+        positive("method.lora_r", t.lora_r, "16")
+        positive("method.lora_alpha", t.lora_alpha, "32 (often 2 x lora_r)")
+        check(
+            0 <= t.lora_dropout < 1,
+            "method.lora_dropout",
+            t.lora_dropout,
+            "must be in [0, 1)",
+            "use e.g. 0.05",
+        )
+        tm = t.target_modules
+        check(
+            tm == "all-linear" or (not isinstance(tm, str) and len(tm) > 0),
+            "method.target_modules",
+            tm,
+            "must be all-linear or a non-empty list",
+            "use all-linear or a list of module names, e.g. [q_proj,v_proj]",
+        )
+    if "num_virtual_tokens" in t:
+        positive("method.num_virtual_tokens", t.num_virtual_tokens, "20")
+
+    h = cfg.hardware
+    one_of("hardware.device", h.device, DEVICES)
+    one_of("hardware.precision", h.precision, PRECISIONS)
+    one_of("hardware.model_dtype", h.model_dtype, DTYPES)
+    one_of("hardware.bnb_4bit_compute_dtype", h.bnb_4bit_compute_dtype, DTYPES)
+    one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
+    one_of("hardware.optim", h.optim, OPTIMIZERS)
+    for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum"):
+        positive(f"hardware.{key}", h[key], "4")
+    check(
+        h.max_seq_length >= 16, "hardware.max_seq_length", h.max_seq_length, "must be >= 16", "use e.g. 512"
+    )
+    check(
+        h.quantize_min_params_b >= 0,
+        "hardware.quantize_min_params_b",
+        h.quantize_min_params_b,
+        "must be >= 0",
+        "use 0 to quantize every model",
+    )
+    check(
+        not (h.device == "cpu" and h.precision == "fp16"),
+        "hardware.precision",
+        h.precision,
+        "fp16 mixed precision needs a GPU",
+        "on cpu use fp32, bf16 or auto",
+    )
+    check(
+        not (h.precision == "fp16" and h.model_dtype == "float16" and t.name == "sft"),
+        "hardware.model_dtype",
+        h.model_dtype,
+        "full fine-tuning with fp16 needs float32 master weights",
+        "set hardware.model_dtype=float32",
+    )
+    check(
+        not (h.load_in_4bit and t.name == "sft"),
+        "hardware.load_in_4bit",
+        h.load_in_4bit,
+        "4-bit weights cannot be fully fine-tuned",
+        "use method=lora (QLoRA) or hardware.load_in_4bit=false",
+    )
+    check(
+        not (h.optim.startswith("paged_") and h.device == "cpu"),
+        "hardware.optim",
+        h.optim,
+        "paged optimizers need CUDA",
+        "on cpu use hardware.optim=adamw_torch",
+    )
+
+    d = cfg.data
+    one_of("data.format", d.format, DATA_FORMATS)
+    check(
+        d.max_samples >= 0,
+        "data.max_samples",
+        d.max_samples,
+        "must be >= 0",
+        "use 0 (all rows) or a row count",
+    )
+
+    if errors:
+        raise ConfigError(errors)
+
+
+def _show(value: Any) -> str:
+    return "''" if value == "" else str(value)

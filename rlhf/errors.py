@@ -1,0 +1,126 @@
+"""The one user-facing error type, and how bad input is reported.
+
+Bad input (a config value, a file, a data row, a machine that lacks what a profile needs) ends the run with
+one line per problem: the key or file, the value, and the fix. No traceback unless HYDRA_FULL_ERROR=1.
+Bugs in rlhf itself keep their traceback: they are not the user's to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """Bad input the user can fix. `str(err)` is one line: key or file, value, fix."""
+
+
+class ConfigError(UserError):
+    """Several config problems found at once by `validate`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def describe(ex: BaseException) -> list[str] | None:
+    """One line per problem for bad input (ours, Hydra's or OmegaConf's); None for anything else."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(ex, ConfigError):
+        return ex.problems
+    if isinstance(ex, UserError):
+        return [str(ex)]
+    if isinstance(ex, MissingConfigException):
+        found = re.search(r"Could not find '([^']+)'", str(ex))
+        missing = found.group(1) if found else (ex.missing_cfg_file or "?")
+        group, _, option = missing.rpartition("/")
+        if group and ex.options:
+            return [f"{group}={option}: no such option; fix: choose one of: {', '.join(sorted(ex.options))}"]
+        return [
+            f"{missing}: no such config; fix: see `python -m rlhf --help` for the groups and their options"
+        ]
+    if isinstance(ex, OverrideParseException):
+        return [f"{_first_line(str(ex))}; fix: write overrides as key=value, e.g. method.lora_r=8"]
+    if isinstance(ex, (ConfigCompositionException, OmegaConfBaseException)):
+        cause = ex if isinstance(ex, OmegaConfBaseException) else ex.__cause__
+        if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+            return [f"{cause.full_key}: {_omegaconf_problem(cause)}"]
+        return [f"{_first_line(str(ex))}; fix: see `python -m rlhf --help`"]
+    return None
+
+
+def _omegaconf_problem(ex: Any) -> str:
+    msg = _first_line(str(getattr(ex, "msg", "") or ex))
+    if "not in struct" in msg or ("Key '" in msg and "not" in msg):
+        return "no such key; fix: check its spelling (`python -m rlhf --cfg job` lists every key)"
+    if "Missing mandatory value" in msg:
+        return "has no value; fix: set it on the command line or in the YAML"
+    return f"{msg}; fix: give a value of the key's type (`python -m rlhf --cfg job` shows each value)"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def report(problems: list[str]) -> None:
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def install_hydra_reporter() -> None:
+    """Make Hydra report bad input as one line per problem instead of its multi-line messages.
+
+    Hydra funnels composition errors and the task function's exceptions through
+    `hydra._internal.utils.run_and_report`; we wrap it. Anything that is not bad input goes on to Hydra's own
+    reporter unchanged, traceback included.
+    """
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        try:
+            return func()
+        except Exception as ex:
+            problems = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else describe(ex)
+            if problems is None:
+                return original(_raiser(ex))
+            report(problems)
+            sys.exit(EXIT_CODE)
+
+    hydra_utils.run_and_report = run_and_report
+
+
+def _raiser(ex: Exception) -> Callable[[], Any]:
+    def reraise() -> Any:
+        raise ex
+
+    return reraise
+
+
+HYDRA_START_FILES = {".hydra", "__main__.log"}
+
+
+@contextlib.contextmanager
+def discard_run_on_bad_input(run_dir: Path) -> Iterator[None]:
+    """On bad input, remove the run directory if it holds only what Hydra wrote at start-up.
+
+    Nothing that looks like a run stays behind. The directory was new when the run began (`cli` refuses a
+    non-empty hydra.run.dir), so nothing the user wrote is in it; anything beyond Hydra's files is kept.
+    """
+    try:
+        yield
+    except UserError:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_START_FILES:
+            shutil.rmtree(run_dir)
+        raise

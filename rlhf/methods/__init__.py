@@ -1,0 +1,36 @@
+"""Training methods: one module per `method=` option, each a thin wiring of a trainer.
+
+A method module exposes `DATA_FORMATS` (the data it trains on), `BATCH` (which of the hardware profile's
+batch settings it uses: sft or pref) and `train(inputs) -> Result`. It receives ready objects and never
+reads config paths, writes the run directory or talks to a tracker. Heavy imports stay inside `train`, so
+looking a method up costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+MODULES = {"sft": "sft", "lora": "lora", "prompt-tuning": "prompt_tuning"}
+
+
+@dataclass
+class Inputs:
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
+    rows: list[dict[str, Any]]  # converted by rlhf.data: prompt / completion messages
+    method: Any  # the method's config node (learning rate, adapter settings, ...)
+    trainer_args: dict[str, Any]  # hardware profile + run settings, ready for the trainer's config class
+    callbacks: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Result:
+    model: Any  # the trained model (a PeftModel for adapter methods)
+    metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, num_tokens, ...
+
+
+def get(name: str) -> ModuleType:
+    return importlib.import_module(f"rlhf.methods.{MODULES[name]}")

@@ -1,0 +1,202 @@
+"""Model + tokenizer for (model config, hardware profile).
+
+Every source ends as a plain Hugging Face directory that `from_pretrained` loads, so a saved adapter's
+`base_model_name_or_path` always points at something transformers and peft can load again:
+- pretrained: a hub id or local directory, used as it is;
+- gguf: a GGUF file inside an installed Python package (the embedded SmolLM2), de-quantized once into
+  `<cache_dir>/models/`;
+- tiny: a randomly initialised tiny Llama with the tokenizer in rlhf/assets, built once into the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf import hardware
+from rlhf.errors import UserError
+
+ASSETS = Path(__file__).parent / "assets"
+TINY_INIT_SEED = 0  # the tiny model's weights do not depend on the run's seed
+
+
+def load(cfg: DictConfig, hw: DictConfig, cache_dir: str):
+    """(model, tokenizer) ready to train on the profile's device."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = local_dir(cfg, Path(cache_dir).expanduser())
+    if not Path(path).exists():
+        _check_hub(cfg)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, **common)
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except OSError as e:
+        raise UserError(
+            f"model.path={cfg.path}: cannot be loaded ({_first_line(e)}); fix: connect to the network once so "
+            "the hub caches it (gated models also need `hf auth login`), or set model.path to a local directory"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = hardware.quantization(hw, count_params(config) / 1e9)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        **common,
+        dtype=hardware.DTYPES[hw.model_dtype],
+        quantization_config=quant,
+        device_map={"": hardware.device(hw)},
+        use_safetensors=True,
+    )
+    if quant is not None and hw.device == "cpu":
+        keep_4bit_trainable(model)
+    return model, tokenizer
+
+
+def local_dir(cfg: DictConfig, cache: Path) -> str:
+    """The directory (or hub id) that from_pretrained reads for this model config."""
+    if cfg.source == "pretrained":
+        return str(Path(cfg.path).expanduser()) if Path(cfg.path).expanduser().exists() else cfg.path
+    if cfg.source == "gguf":
+        return str(_gguf_to_hf(cfg, cache))
+    return str(_build_tiny(cfg, cache))
+
+
+def count_params(config) -> int:
+    """Parameter count from the config alone (the model is built on the meta device: no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def keep_4bit_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On a CPU with AVX512-BF16, a Linear4bit forward pass without gradients repacks its weight into an
+    inference-only layout; every later forward pass then runs a kernel autograd cannot see through, and the
+    LoRA adapters below it silently get zero gradients. Generating samples before training triggers exactly
+    that, so the repacking is switched off for models we train.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def save(model, tokenizer, out: Path) -> None:
+    """Adapter (PEFT) or full weights, as safetensors, with the tokenizer: loads with transformers / peft."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _check_hub(cfg: DictConfig) -> None:
+    """Fail at once, in one line, when a hub model is neither cached nor reachable (instead of ~30 s of retries)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(cfg.path, "config.json", revision=cfg.revision), str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        if os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise OSError("HF_HUB_OFFLINE=1")
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise UserError(
+            f"model.path={cfg.path}: not in the local Hugging Face cache and {host} cannot be reached (offline); "
+            "fix: run once with network access, or set model.path to a local model directory, "
+            "or use model=smollm2-135m (embedded)"
+        ) from None
+
+
+def _gguf_to_hf(cfg: DictConfig, cache: Path) -> Path:
+    out = cache / "models" / f"{cfg.name}-{Path(cfg.gguf_file).stem}"
+    if (out / "config.json").is_file():
+        return out
+    spec = importlib.util.find_spec(cfg.path)  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model.path={cfg.path}: the package holding the model is not installed; fix: {cfg.install_hint}"
+        )
+    package = Path(next(iter(spec.submodule_search_locations)))
+    if not (package / cfg.gguf_file).is_file():
+        raise UserError(f"model.gguf_file={cfg.gguf_file}: not found in {package}; fix: name a file there")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {cfg.gguf_file} to a Hugging Face directory once: {out}")
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=cfg.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=cfg.gguf_file, dtype=torch.float32)
+    # the weights are now plain float32; without this the saved config claims GGUF quantization
+    model.hf_quantizer = None
+    model.is_quantized = False
+    del model.config.quantization_config
+    _save_atomically(out, model, tokenizer)
+    return out
+
+
+def _build_tiny(cfg: DictConfig, cache: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer_dir = ASSETS / cfg.path
+    architecture = OmegaConf.to_container(cfg.architecture)
+    key = json.dumps(architecture, sort_keys=True) + (tokenizer_dir / "tokenizer.json").read_text()
+    out = cache / "models" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "config.json").is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        **architecture,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(TINY_INIT_SEED)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    _save_atomically(out, model, tokenizer)
+    return out
+
+
+def _save_atomically(out: Path, model, tokenizer) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written cache entry."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    except OSError:
+        if (out / "config.json").is_file():  # another process finished first
+            return
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__

