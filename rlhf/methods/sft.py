@@ -15,6 +15,12 @@ BATCH = "sft"
 
 
 def train(inputs: Inputs, adapter: Any = None) -> Result:
+    trainer = build_trainer(inputs, adapter)
+    output = trainer.train()
+    return Result(model=trainer.model, metrics=dict(output.metrics))
+
+
+def build_trainer(inputs: Inputs, adapter: Any = None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -31,7 +37,7 @@ def train(inputs: Inputs, adapter: Any = None) -> Result:
         logging_steps=m.logging_steps,
         completion_only_loss=True,
     )
-    trainer = SFTTrainer(
+    return SFTTrainer(
         model=inputs.model,
         args=args,
         train_dataset=Dataset.from_list(inputs.rows),
@@ -39,5 +45,3 @@ def train(inputs: Inputs, adapter: Any = None) -> Result:
         peft_config=adapter,
         callbacks=inputs.callbacks,
     )
-    output = trainer.train()
-    return Result(model=trainer.model, metrics=dict(output.metrics))
