@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from rlhf import runtime
 from rlhf.config import register_schemas, validate
-from rlhf.errors import UserError, discard_run_on_bad_input, install_hydra_reporter, report
+from rlhf.errors import HYDRA_START_FILES, UserError, discard_run_on_bad_input, install_hydra_reporter, report
 
 CONF = Path(__file__).resolve().parent.parent / "conf"  # an absolute path: the console script finds it too
 
@@ -23,30 +23,44 @@ def main(cfg: DictConfig) -> float | None:
     started, run_dir = time.time(), Path(HydraConfig.get().runtime.output_dir)
     with discard_run_on_bad_input(run_dir):
         validate(cfg)  # every config error at once, before torch is even imported
-        from rlhf import data, hardware, models
+        from rlhf import data, hardware, models, rewards
         from rlhf import report as out
         from rlhf.methods import Inputs, get
 
         method = get(cfg.method.name)
         dataset = data.load(cfg.data, method.DATA_FORMATS, cfg.method.name)  # bad rows fail here: file:line
+        heldout = (
+            data.load(cfg.data, method.DATA_FORMATS, cfg.method.name, "eval_path")
+            if cfg.data.eval_path
+            else None
+        )
         hw = hardware.resolve(cfg.hardware)  # auto -> a concrete profile; a CUDA profile needs CUDA
-        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
+        reward = rewards.build(cfg.reward) if method.USES_REWARD else []
+        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir, method.HEAD)
 
     from transformers import set_seed
 
     set_seed(cfg.seed)  # adapter initialisation and data order
-    prompts, samples = data.sample_prompts(cfg.data, dataset), run_dir / "samples.jsonl"
-    if out.is_main_process():
+    # generations for fixed prompts before and after training (a reward model scores, it does not generate)
+    prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
+    samples = run_dir / "samples.jsonl"
+    if prompts and out.is_main_process():
         out.write_samples(samples, "before", prompts, out.generate(model, tokenizer, prompts, cfg.samples))
 
     metrics = out.MetricsFile(run_dir / "metrics.jsonl")
     args = {**hardware.trainer_args(hw, method.BATCH), **out.trainer_io(run_dir, cfg.seed)}
-    result = method.train(Inputs(model, tokenizer, dataset.rows, cfg.method, args, [metrics]))
+    inputs = Inputs(
+        model, tokenizer, dataset.rows, cfg.method, args, [metrics], heldout.rows if heldout else [], reward
+    )
+    result = method.train(inputs)
     if not out.is_main_process():
         return None
 
     models.save(result.model, tokenizer, run_dir / "model")
-    out.write_samples(samples, "after", prompts, out.generate(result.model, tokenizer, prompts, cfg.samples))
+    if prompts:
+        out.write_samples(
+            samples, "after", prompts, out.generate(result.model, tokenizer, prompts, cfg.samples)
+        )
     out.plot(run_dir, metrics.rows, f"{cfg.method.name} on {cfg.model.name}")
     summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started)
     out.write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
@@ -55,9 +69,16 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def check_run_dir(argv: list[str]) -> None:
-    """Refuse a hydra.run.dir that already holds files, and a multi-process launch without one."""
+    """Refuse a hydra.run.dir that already holds files, and a multi-process launch without one.
+
+    Hydra's own start-up files do not count: under `accelerate launch` another rank may have written them.
+    """
     given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
-    if given and Path(given[-1]).is_dir() and any(Path(given[-1]).iterdir()):
+    if (
+        given
+        and Path(given[-1]).is_dir()
+        and any(p.name not in HYDRA_START_FILES for p in Path(given[-1]).iterdir())
+    ):
         raise UserError(f"hydra.run.dir={given[-1]}: already holds files; fix: choose a new directory")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not given:
         raise UserError(

@@ -66,6 +66,32 @@ class LoraMethodConfig(TrainingConfig):
 
 
 @dataclass
+class RewardModelMethodConfig(LoraMethodConfig):
+    adapter: str = MISSING  # lora | none (full fine-tuning)
+
+
+@dataclass
+class DPOMethodConfig(RewardModelMethodConfig):
+    beta: float = MISSING
+    loss_type: str = MISSING  # sigmoid | ipo | hinge | robust | ... (TRL's DPO loss types)
+
+
+@dataclass
+class SamplingFields:
+    max_new_tokens: int = MISSING
+    temperature: float = MISSING
+    top_k: int = MISSING  # 0 = off
+    top_p: float = MISSING
+
+
+@dataclass
+class GRPOMethodConfig(LoraMethodConfig, SamplingFields):
+    beta: float = MISSING  # KL coefficient to the reference (the base with the adapter disabled)
+    num_generations: int = MISSING  # completions per prompt; the group the advantages are computed in
+    prompts_per_step: int = MISSING
+
+
+@dataclass
 class PromptTuningMethodConfig(TrainingConfig):
     num_virtual_tokens: int = MISSING
     prompt_tuning_init_text: str = MISSING  # "" initialises the virtual tokens randomly
@@ -97,6 +123,7 @@ class HardwareConfig:
 class DataConfig:
     name: str = MISSING
     path: str = MISSING  # a shipped set (rlhf/datasets/<path>.jsonl), a local .json/.jsonl file, or a hub id
+    eval_path: str = ""  # a held-out set in the same format (rm reports pairwise accuracy on it)
     format: str = "auto"  # auto | alpaca | chat | question_decomposition | prompts | preference
     split: str = "train"  # hub data sets only
     max_samples: int = 0  # 0 = all rows
@@ -106,8 +133,14 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = MISSING
-    words: list[str] = field(default_factory=list)
+    name: str = MISSING  # keyword | model | mix
+    # keyword (also inside mix): the target words, seed 000's list unless set
+    words: list[str] = field(
+        default_factory=lambda: ["happy", "glad", "good", "great", "smile", "joy", "love"]
+    )
+    model_path: str = ""  # model: a method=rm run's model/ directory, or a sequence-classification model
+    components: list[str] = field(default_factory=list)  # mix: reward names, e.g. [keyword, model]
+    weights: list[float] = field(default_factory=list)  # mix: one weight per component
 
 
 @dataclass
@@ -140,7 +173,33 @@ class RootConfig:
     logger: Any = MISSING
 
 
-METHOD_SCHEMAS = {"sft": SFTMethodConfig, "lora": LoraMethodConfig, "prompt_tuning": PromptTuningMethodConfig}
+@dataclass
+class PPOMethodConfig(LoraMethodConfig, SamplingFields):
+    batch_size: int = MISSING  # completions per rollout (seed 000: 10)
+    mini_batch_size: int = MISSING  # completions per forward/backward pass
+    gradient_accumulation_steps: int = MISSING  # mini-batches per optimizer step
+    ppo_epochs: int = MISSING  # passes over each rollout
+    init_kl_coef: float = MISSING
+    adaptive_kl: bool = MISSING  # adapt the KL coefficient towards target_kl (Ziegler et al. 2019)
+    target_kl: float = MISSING
+    kl_horizon: int = MISSING
+    gamma: float = MISSING
+    lam: float = MISSING
+    cliprange: float = MISSING
+    cliprange_value: float = MISSING
+    vf_coef: float = MISSING
+    whiten_advantages: bool = MISSING
+
+
+METHOD_SCHEMAS = {
+    "sft": SFTMethodConfig,
+    "lora": LoraMethodConfig,
+    "prompt_tuning": PromptTuningMethodConfig,
+    "rm": RewardModelMethodConfig,
+    "dpo": DPOMethodConfig,
+    "grpo": GRPOMethodConfig,
+    "ppo": PPOMethodConfig,
+}
 
 
 def register_schemas() -> None:
@@ -256,10 +315,50 @@ def validate(cfg: DictConfig) -> None:
             "must be all-linear or a non-empty list",
             "use all-linear or a list of module names, e.g. [q_proj,v_proj]",
         )
+    if "adapter" in t:
+        one_of("method.adapter", t.adapter, ("lora", "none"))
+    if "beta" in t:
+        check(t.beta >= 0, "method.beta", t.beta, "must be >= 0", "use e.g. beta=0.1")
+    if "num_generations" in t:
+        check(
+            t.num_generations >= 2,
+            "method.num_generations",
+            t.num_generations,
+            "must be >= 2 (advantages compare a group)",
+            "use e.g. 4 or 8",
+        )
+        positive("method.prompts_per_step", t.prompts_per_step, "4")
+    if "ppo_epochs" in t:
+        for key in (
+            "batch_size",
+            "mini_batch_size",
+            "gradient_accumulation_steps",
+            "ppo_epochs",
+            "kl_horizon",
+        ):
+            positive(f"method.{key}", t[key], "4")
+        check(
+            t.batch_size % t.mini_batch_size == 0,
+            "method.mini_batch_size",
+            t.mini_batch_size,
+            f"must divide method.batch_size={t.batch_size}",
+            "choose a divisor, e.g. batch_size=10 with mini_batch_size=2",
+        )
+        for key in ("cliprange", "cliprange_value", "vf_coef", "target_kl"):
+            positive(f"method.{key}", t[key], "0.2")
+        check(t.init_kl_coef >= 0, "method.init_kl_coef", t.init_kl_coef, "must be >= 0", "use e.g. 0.2")
+        for key in ("gamma", "lam"):
+            check(0 <= t[key] <= 1, f"method.{key}", t[key], "must be in [0, 1]", "use e.g. 1.0 and 0.95")
+    if "max_new_tokens" in t:
+        positive("method.max_new_tokens", t.max_new_tokens, "16")
+        positive("method.temperature", t.temperature, "1.0")
+        check(0 < t.top_p <= 1, "method.top_p", t.top_p, "must be in (0, 1]", "use 1.0 to turn it off")
+        check(t.top_k >= 0, "method.top_k", t.top_k, "must be >= 0", "use 0 to turn it off")
     if "num_virtual_tokens" in t:
         positive("method.num_virtual_tokens", t.num_virtual_tokens, "20")
 
     h = cfg.hardware
+    full_finetune = t.name == "sft" or t.get("adapter") == "none"
     one_of("hardware.device", h.device, DEVICES)
     one_of("hardware.precision", h.precision, PRECISIONS)
     one_of("hardware.model_dtype", h.model_dtype, DTYPES)
@@ -286,18 +385,18 @@ def validate(cfg: DictConfig) -> None:
         "on cpu use fp32, bf16 or auto",
     )
     check(
-        not (h.precision == "fp16" and h.model_dtype == "float16" and t.name == "sft"),
+        not (h.precision == "fp16" and h.model_dtype == "float16" and full_finetune),
         "hardware.model_dtype",
         h.model_dtype,
         "full fine-tuning with fp16 needs float32 master weights",
         "set hardware.model_dtype=float32",
     )
     check(
-        not (h.load_in_4bit and t.name == "sft"),
+        not (h.load_in_4bit and full_finetune),
         "hardware.load_in_4bit",
         h.load_in_4bit,
         "4-bit weights cannot be fully fine-tuned",
-        "use method=lora (QLoRA) or hardware.load_in_4bit=false",
+        "train a LoRA adapter (method=lora, or method.adapter=lora) or set hardware.load_in_4bit=false",
     )
     check(
         not (h.optim.startswith("paged_") and h.device == "cpu"),
@@ -306,6 +405,17 @@ def validate(cfg: DictConfig) -> None:
         "paged optimizers need CUDA",
         "on cpu use hardware.optim=adamw_torch",
     )
+
+    r = cfg.reward
+    one_of("reward.name", r.name, ("keyword", "model", "mix"))
+    if r.name == "mix":
+        check(
+            len(r.components) == len(r.weights) > 0,
+            "reward.weights",
+            list(r.weights),
+            f"needs one weight per component of reward.components={list(r.components)}",
+            "give as many weights as components, e.g. reward.weights=[1.0,0.5]",
+        )
 
     d = cfg.data
     one_of("data.format", d.format, DATA_FORMATS)

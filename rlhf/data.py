@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config import looks_local
 from rlhf.errors import UserError
@@ -41,18 +41,31 @@ class Data:
     rows: list[dict[str, Any]]
 
 
-def load(cfg: DictConfig, accepts: tuple[str, ...], method: str) -> Data:
-    """Read `cfg.path`, check every row, and convert it for a method that `accepts` these formats."""
-    source, records = _read(cfg)
+# a shipped data option of each format, for error messages
+EXAMPLE_OPTION = {
+    "alpaca": "instructions",
+    "chat": "chat",
+    "question_decomposition": "question-decomposition",
+    "prompts": "sentiment-prompts",
+    "preference": "preferences",
+}
+
+
+def load(cfg: DictConfig, accepts: tuple[str, ...], method: str, key: str = "path") -> Data:
+    """Read `cfg[key]` (data.path, or data.eval_path for held-out rows), check every row, and convert it
+    for a method that `accepts` these formats."""
+    if key != "path":
+        cfg = OmegaConf.merge(cfg, {"path": cfg[key]})
+    source, records = _read(cfg, key)
     if not records:
         raise UserError(
-            f"data.path={cfg.path}: the data set has no rows; fix: point data.path at a non-empty file"
+            f"data.{key}={cfg.path}: the data set has no rows; fix: point data.{key} at a non-empty file"
         )
     fmt = cfg.format if cfg.format != "auto" else _detect(records[0][1], source)
     if fmt not in accepts:
         raise UserError(
-            f"data.path={cfg.path}: {fmt} data does not fit method={method}, which takes "
-            f"{' / '.join(accepts)}; fix: choose a data set of that format (e.g. data=instructions)"
+            f"data.{key}={cfg.path}: {fmt} data does not fit method={method}, which takes "
+            f"{' / '.join(accepts)}; fix: choose a data set of that format (e.g. data={EXAMPLE_OPTION[accepts[0]]})"
         )
     rows = [row for where, record in records for row in convert(fmt, record, f"{source}:{where}", cfg)]
     if cfg.max_samples:
@@ -76,8 +89,8 @@ def sample_prompts(cfg: DictConfig, data: Data, count: int = 3) -> list[list[dic
 # --------------------------------------------------------------------------- reading
 
 
-def _resolve(cfg: DictConfig) -> Path | None:
-    """The local file for data.path, or None for a hub id."""
+def _resolve(cfg: DictConfig, key: str) -> Path | None:
+    """The local file for data.path (or data.eval_path), or None for a hub id."""
     path = str(cfg.path)
     shipped = SHIPPED / f"{path}.jsonl"
     if "/" not in path and "." not in path and shipped.is_file():
@@ -86,21 +99,21 @@ def _resolve(cfg: DictConfig) -> Path | None:
         file = Path(path).expanduser()
         if not file.is_file():
             raise UserError(
-                f"data.path={path}: file not found; fix: give an existing .json or .jsonl file, "
+                f"data.{key}={path}: file not found; fix: give an existing .json or .jsonl file, "
                 f"or a shipped set: {', '.join(sorted(p.stem for p in SHIPPED.glob('*.jsonl')))}"
             )
         return file
     if path.count("/") == 1:
         return None
     raise UserError(
-        f"data.path={path}: not a shipped data set, a file or a hub id; fix: use one of "
+        f"data.{key}={path}: not a shipped data set, a file or a hub id; fix: use one of "
         f"{', '.join(sorted(p.stem for p in SHIPPED.glob('*.jsonl')))}, a .json/.jsonl path, or org/name"
     )
 
 
-def _read(cfg: DictConfig) -> tuple[str, list[tuple[str, dict]]]:
+def _read(cfg: DictConfig, key: str) -> tuple[str, list[tuple[str, dict]]]:
     """(source, [(location, record)]) where location is a line number (JSONL) or an item index (JSON)."""
-    file = _resolve(cfg)
+    file = _resolve(cfg, key)
     if file is None:
         return cfg.path, [(f"row {i + 1}", dict(r)) for i, r in enumerate(_read_hub(cfg))]
     text = file.read_text(encoding="utf-8")

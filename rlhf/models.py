@@ -27,9 +27,17 @@ ASSETS = Path(__file__).parent / "assets"
 TINY_INIT_SEED = 0  # the tiny model's weights do not depend on the run's seed
 
 
-def load(cfg: DictConfig, hw: DictConfig, cache_dir: str):
-    """(model, tokenizer) ready to train on the profile's device."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load(cfg: DictConfig, hw: DictConfig, cache_dir: str, head: str = "causal-lm"):
+    """(model, tokenizer) ready to train on the profile's device.
+
+    `head` is causal-lm, or sequence-classification for a reward model (one score per sequence).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     path = local_dir(cfg, Path(cache_dir).expanduser())
     if not Path(path).exists():
@@ -46,9 +54,12 @@ def load(cfg: DictConfig, hw: DictConfig, cache_dir: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     quant = hardware.quantization(hw, count_params(config) / 1e9)
-    model = AutoModelForCausalLM.from_pretrained(
+    auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
+    extra = {} if head == "causal-lm" else {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    model = auto.from_pretrained(
         path,
         **common,
+        **extra,
         dtype=hardware.DTYPES[hw.model_dtype],
         quantization_config=quant,
         device_map={"": hardware.device(hw)},

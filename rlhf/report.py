@@ -71,21 +71,26 @@ def peak_memory_mb() -> dict[str, float]:
 
 
 def plot(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
-    """plots/loss.png: training loss (and learning rate, grad norm) against the optimizer step."""
+    """plots/loss.png: training loss, rewards, KL, learning rate and gradient norm against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [k for k in ("loss", "learning_rate", "grad_norm") if any(k in r for r in rows)]
+    keys = ("loss", "reward", "rewards/margins", "rewards/accuracies", "kl", "learning_rate", "grad_norm")
+    series = [k for k in keys if any(k in r for r in rows)]
     if not series:
         return []
-    fig, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], series, strict=True):
+    cols = min(len(series), 4)
+    nrows = -(-len(series) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(series) :]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, series, strict=False):
         points = [(r["step"], r[key]) for r in rows if key in r]
         ax.plot(*zip(*points, strict=True), marker="." if len(points) < 40 else None)
         ax.set_xlabel("step")
-        ax.set_title(key.replace("_", " "))
+        ax.set_title(key.replace("_", " ").replace("/", ": "))
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -132,6 +137,7 @@ def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started
         "trainable_params": trainable,
         "total_params": total,
         "trainable_share": round(trainable / total, 6) if total else None,
+        **result.extra,
         **peak_memory_mb(),
         "wall_time_s": round(time.time() - started, 1),
     }

@@ -38,7 +38,8 @@ def test_each_group_has_the_documented_options():
             "mistral-7b",
         ]
     )
-    assert options("method") == ["lora", "prompt-tuning", "sft"]
+    assert options("method") == ["dpo", "grpo", "lora", "ppo", "prompt-tuning", "rm", "sft"]
+    assert options("reward") == ["keyword", "mix", "model"]
     assert options("hardware") == ["a100", "auto", "cpu", "rtx4060-8gb", "t4"]
 
 
@@ -79,6 +80,33 @@ def test_experiment_presets_override_only_what_they_change(make_cfg):
     assert low.hardware.max_seq_length == 256 and low.hardware.load_in_4bit
 
 
+def test_each_method_chooses_a_fitting_default_data_set_that_the_user_can_override(make_cfg):
+    chosen = {m: make_cfg(f"method={m}").data.name for m in ("sft", "lora", "rm", "dpo", "grpo", "ppo")}
+    assert chosen == {
+        "sft": "instructions",
+        "lora": "instructions",
+        "rm": "preferences",
+        "dpo": "preferences",
+        "grpo": "sentiment-prompts",
+        "ppo": "sentiment-prompts",
+    }
+    assert make_cfg("method=dpo", "data=chat").data.name == "chat"
+
+
+def test_ppo_defaults_are_seed_000s(make_cfg):
+    m = make_cfg("method=ppo").method
+    got = (m.learning_rate, m.batch_size, m.mini_batch_size, m.gradient_accumulation_steps, m.ppo_epochs)
+    assert got == (2e-5, 10, 2, 5, 4)
+    assert (m.init_kl_coef, m.max_new_tokens, m.lora_r, m.lora_alpha, m.lora_dropout) == (
+        0.2,
+        10,
+        16,
+        32,
+        0.05,
+    )
+    assert make_cfg("method=ppo").data.sample_prompts == ["I feel so", "This makes me", "I am really"]
+
+
 def test_wrong_type_and_unknown_key_fail_at_compose(make_cfg):
     from hydra.errors import ConfigCompositionException
 
@@ -116,7 +144,7 @@ def test_cfg_job_and_help_do_not_import_torch(args):
     out = _run_without_torch(args)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
     if args == ["--help"]:
-        assert "method: lora, prompt-tuning, sft" in out.stdout
+        assert "method: dpo, grpo, lora, ppo, prompt-tuning, rm, sft" in out.stdout
     else:
         assert "lora_r: 16" in out.stdout
 

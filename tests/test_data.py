@@ -25,6 +25,21 @@ def test_shipped_sets_have_the_promised_size_and_format(make_cfg):
     assert sizes["chat"][0] == "chat" and sizes["chat"][1] >= 50
 
 
+def test_shipped_preferences_have_a_disjoint_heldout_split(make_cfg):
+    cfg = make_cfg("data=preferences").data
+    train = data.load(cfg, ("preference",), "dpo")
+    heldout = data.load(cfg, ("preference",), "dpo", "eval_path")
+    assert len(train.rows) >= 200 and len(heldout.rows) >= 40
+    prompts = {r["prompt"][0]["content"] for r in train.rows}
+    assert not prompts & {r["prompt"][0]["content"] for r in heldout.rows}
+    assert all(r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant" for r in train.rows)
+
+
+def test_seed_000_prompts(make_cfg):
+    loaded = data.load(make_cfg("data=sentiment-prompts").data, ("prompts",), "ppo")
+    assert [r["prompt"][0]["content"] for r in loaded.rows] == ["I feel so", "This makes me", "I am really"]
+
+
 def test_shipped_instruction_rows_are_distinct():
     rows = [json.loads(line) for line in (data.SHIPPED / "instructions.jsonl").read_text().splitlines()]
     assert len({(r["instruction"], r["input"]) for r in rows}) == len(rows)

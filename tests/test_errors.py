@@ -24,7 +24,7 @@ CASES = [
     (
         "unknown-group-option",
         lambda t: ["method=lorax"],
-        "method=lorax: no such option; fix: choose one of: lora, prompt-tuning, sft",
+        "method=lorax: no such option; fix: choose one of: dpo, grpo, lora, ppo, prompt-tuning, rm, sft",
     ),
     ("unknown-key", lambda t: ["method.lora_rank=8"], "method.lora_rank: no such key"),
     ("wrong-type", lambda t: ["method.lora_r=abc"], "method.lora_r: Value 'abc'"),

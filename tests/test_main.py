@@ -76,3 +76,42 @@ def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
     summary = json.loads((tmp_path / "sft" / "summary.json").read_text())
     assert summary["trainable_params"] == summary["total_params"] == model.num_parameters()
     assert summary["data"] == "question-decomposition"
+
+
+@pytest.mark.parametrize("method", ["rm", "dpo", "grpo", "ppo"])
+def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, method):
+    run_dir = tmp_path / method
+    out = run_rlhf("model=tiny", f"method={method}", "method.max_steps=2", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["method"] == method and summary["steps"] == 2
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "plots" / "loss.png").is_file()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    expected = {
+        "rm": "heldout_pairwise_accuracy",
+        "dpo": "preference_accuracy",
+        "grpo": "final_reward_mean",
+        "ppo": "final_success_rate",
+    }[method]
+    assert summary[expected] is not None
+    if method != "rm":  # a reward model scores; it does not generate samples
+        samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+        assert {s["stage"] for s in samples} == {"before", "after"}
+
+
+def test_three_stages_chain_sft_rm_ppo(run_rlhf, tmp_path):
+    """sft -> rm -> ppo, each stage reading the previous one's output directory (README: three stages)."""
+    sft = run_rlhf("model=tiny", "method=sft", "method.max_steps=2", f"hydra.run.dir={tmp_path}/sft")
+    assert sft.returncode == 0, sft.stderr[-2000:]
+    policy = f"model.source=pretrained model.path={tmp_path}/sft/model".split()
+    rm = run_rlhf("model=tiny", *policy, "method=rm", "method.max_steps=2", f"hydra.run.dir={tmp_path}/rm")
+    assert rm.returncode == 0, rm.stderr[-2000:]
+    ppo = run_rlhf(
+        "model=tiny", *policy, "method=ppo", "method.max_steps=2", "reward=mix",
+        f"reward.model_path={tmp_path}/rm/model", f"hydra.run.dir={tmp_path}/ppo",
+    )  # fmt: skip
+    assert ppo.returncode == 0, ppo.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert all("rewards/keyword" in r and "rewards/model" in r for r in rows)

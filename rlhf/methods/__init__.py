@@ -1,7 +1,8 @@
 """Training methods: one module per `method=` option, each a thin wiring of a trainer.
 
 A method module exposes `DATA_FORMATS` (the data it trains on), `BATCH` (which of the hardware profile's
-batch settings it uses: sft or pref) and `train(inputs) -> Result`. It receives ready objects and never
+batch settings it uses: sft or pref), `HEAD` (causal-lm, or sequence-classification for a reward model),
+`USES_REWARD` (whether it needs the reward group's callables) and `train(inputs) -> Result`. It receives ready objects and never
 reads config paths, writes the run directory or talks to a tracker. Heavy imports stay inside `train`, so
 looking a method up costs nothing.
 """
@@ -13,7 +14,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-MODULES = {"sft": "sft", "lora": "lora", "prompt-tuning": "prompt_tuning"}
+MODULES = {
+    "sft": "sft",
+    "lora": "lora",
+    "prompt-tuning": "prompt_tuning",
+    "rm": "rm",
+    "dpo": "dpo",
+    "grpo": "grpo",
+    "ppo": "ppo",
+}
 
 
 @dataclass
@@ -24,12 +33,15 @@ class Inputs:
     method: Any  # the method's config node (learning rate, adapter settings, ...)
     trainer_args: dict[str, Any]  # hardware profile + run settings, ready for the trainer's config class
     callbacks: list[Any] = field(default_factory=list)
+    eval_rows: list[dict[str, Any]] = field(default_factory=list)  # held-out rows, where the method uses them
+    rewards: list[Any] = field(default_factory=list)  # rlhf.rewards.Reward components (ppo, grpo)
 
 
 @dataclass
 class Result:
     model: Any  # the trained model (a PeftModel for adapter methods)
     metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, num_tokens, ...
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific results for summary.json
 
 
 def get(name: str) -> ModuleType:

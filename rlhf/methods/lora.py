@@ -8,9 +8,12 @@ from rlhf.methods import Inputs, Result, sft
 
 DATA_FORMATS = sft.DATA_FORMATS
 BATCH = sft.BATCH
+HEAD = sft.HEAD
+USES_REWARD = False
 
 
-def adapter(m):
+def adapter(m, task_type: str = "CAUSAL_LM"):
+    """The LoRA config of a method node with lora_r / lora_alpha / lora_dropout / target_modules."""
     from peft import LoraConfig
 
     target = (
@@ -21,7 +24,7 @@ def adapter(m):
         lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout,
         target_modules=target,
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS also trains and saves the new score head
     )
 
 

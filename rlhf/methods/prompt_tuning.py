@@ -6,6 +6,8 @@ from rlhf.methods import Inputs, Result, sft
 
 DATA_FORMATS = sft.DATA_FORMATS
 BATCH = sft.BATCH
+HEAD = sft.HEAD
+USES_REWARD = False
 
 
 def adapter(m, tokenizer_path: str):

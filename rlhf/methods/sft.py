@@ -12,6 +12,8 @@ from rlhf.methods import Inputs, Result
 
 DATA_FORMATS = ("alpaca", "chat", "question_decomposition")
 BATCH = "sft"
+HEAD = "causal-lm"
+USES_REWARD = False
 
 
 def train(inputs: Inputs, adapter: Any = None) -> Result:

@@ -1,0 +1,68 @@
+"""method=rm: a reward model trained on preference pairs (prompt / chosen / rejected) with TRL's RewardTrainer.
+
+The model is the base with a one-output sequence-classification head; a LoRA adapter trains (the head
+too) unless method.adapter=none. The summary reports pairwise accuracy on the held-out rows: the share of
+pairs whose chosen answer scores higher than the rejected one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rlhf.methods import Inputs, Result, lora
+
+DATA_FORMATS = ("preference",)
+BATCH = "pref"
+HEAD = "sequence-classification"
+USES_REWARD = False
+
+
+def train(inputs: Inputs) -> Result:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    m = inputs.method
+    args = RewardConfig(
+        **inputs.trainer_args,
+        learning_rate=m.learning_rate,
+        num_train_epochs=m.num_epochs,
+        max_steps=m.max_steps if m.max_steps > 0 else -1,
+        lr_scheduler_type=m.lr_scheduler_type,
+        warmup_steps=m.warmup_ratio,
+        weight_decay=m.weight_decay,
+        max_grad_norm=m.max_grad_norm,
+        logging_steps=m.logging_steps,
+    )
+    trainer = RewardTrainer(
+        model=inputs.model,
+        args=args,
+        train_dataset=Dataset.from_list(inputs.rows),
+        processing_class=inputs.tokenizer,
+        peft_config=lora.adapter(m, task_type="SEQ_CLS") if m.adapter == "lora" else None,
+        callbacks=inputs.callbacks,
+    )
+    output = trainer.train()
+    extra = {
+        "heldout_pairwise_accuracy": pairwise_accuracy(trainer.model, inputs.tokenizer, inputs.eval_rows)
+    }
+    return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 8) -> float | None:
+    """Share of pairs where score(prompt + chosen) > score(prompt + rejected)."""
+    if not rows:
+        return None
+    model.eval()
+    wins = 0
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        scores = {}
+        for side in ("chosen", "rejected"):
+            texts = [tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False) for r in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+            scores[side] = model(**batch).logits[:, 0]
+        wins += int((scores["chosen"] > scores["rejected"]).sum())
+    return wins / len(rows)

@@ -1,0 +1,130 @@
+"""Our PPO on the tiny model: the reference stays fixed while the policy moves, KL starts at 0 and grows,
+updates follow the advantages, and a 4-bit policy trains every adapter tensor."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf import data, rewards
+from rlhf.methods import Inputs, lora, ppo
+from rlhf.methods.ppo import core
+from rlhf.report import MetricsFile
+from tests.conftest import trainer_args
+
+FAST = [
+    "method.batch_size=8",
+    "method.mini_batch_size=4",
+    "method.gradient_accumulation_steps=1",
+    "method.ppo_epochs=2",
+]
+
+
+def ppo_cfg(make_cfg, *overrides):
+    return make_cfg("model=tiny", "hardware=cpu", "method=ppo", *FAST, *overrides)
+
+
+def sequence_logprobs(model, tokenizer, text: str) -> torch.Tensor:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    return torch.log_softmax(logits[0, :-1].float(), -1).gather(1, ids[0, 1:, None]).squeeze(1)
+
+
+def test_reference_stays_fixed_while_the_policy_moves_and_kl_grows(make_cfg, tiny, tmp_path):
+    cfg = ppo_cfg(make_cfg, "method.max_steps=6", "method.learning_rate=1e-2")
+    model, tokenizer = tiny()
+    probe = "<|im_start|>user\nI feel so<|im_end|>\n<|im_start|>assistant\nglad and happy"
+    base_logprobs = sequence_logprobs(model, tokenizer, probe)
+    log = MetricsFile(tmp_path / "metrics.jsonl")
+    rows = data.load(cfg.data, ppo.DATA_FORMATS, "ppo").rows
+    result = ppo.train(
+        Inputs(
+            model,
+            tokenizer,
+            rows,
+            cfg.method,
+            trainer_args(cfg, tmp_path),
+            [log],
+            rewards=rewards.build(cfg.reward),
+        )
+    )
+
+    policy = result.model
+    with policy.disable_adapter():
+        torch.testing.assert_close(sequence_logprobs(policy, tokenizer, probe), base_logprobs)
+    assert not torch.allclose(sequence_logprobs(policy, tokenizer, probe), base_logprobs, atol=1e-4)
+
+    kls = [row["kl"] for row in log.rows]
+    assert len(kls) == 6 and abs(kls[0]) < 1e-6  # the first rollout's policy is the reference exactly
+    assert sum(kls[-3:]) / 3 > 0.01
+    for key in (
+        "reward",
+        "success_rate",
+        "entropy",
+        "policy_loss",
+        "value_loss",
+        "clipfrac",
+        "approx_kl",
+        "response_length",
+        "tokens_per_s",
+        "rewards/keyword",
+    ):
+        assert key in log.rows[-1], key
+
+
+def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(make_cfg, tiny):
+    from accelerate import Accelerator
+    from peft import get_peft_model
+
+    cfg = ppo_cfg(make_cfg, "method.learning_rate=5e-3", "method.ppo_epochs=4", "method.vf_coef=0.0")
+    model, tokenizer = tiny()
+    m = cfg.method
+    torch.manual_seed(0)
+    policy = ppo.PolicyWithValue(get_peft_model(model, lora.adapter(m)))
+    prompts = [[{"role": "user", "content": "I feel so"}]] * m.batch_size
+    keyword = rewards.build(cfg.reward)
+    rollout = ppo.make_rollout(policy, tokenizer, prompts, m, keyword, kl_coef=0.0)
+    sign = torch.tensor([1.0, -1.0] * (m.batch_size // 2))
+    rollout["advantages"] = sign[:, None] * rollout["mask"]  # hand-made advantages: even rows good, odd bad
+    accelerator = Accelerator(cpu=True)
+    optimizer = ppo.make_optimizer([p for p in policy.parameters() if p.requires_grad], "adamw_torch", m)
+    ppo.optimise(policy, optimizer, accelerator, rollout, m)
+
+    policy.eval()
+    with torch.no_grad():
+        logits, _ = policy(rollout["input_ids"], rollout["attention_mask"], rollout["position_ids"])
+    new = ppo.response_logprobs(logits, rollout["response"], rollout["q_len"], m.temperature)
+    change = ((new - rollout["logprobs"]) * rollout["mask"]).sum(1)
+    assert (change[sign > 0] > 0).all() and (change[sign < 0] < 0).all(), change
+
+
+def test_token_level_kl_is_exactly_zero_before_any_update(make_cfg, tiny):
+    from peft import get_peft_model
+
+    cfg = ppo_cfg(make_cfg)
+    model, tokenizer = tiny()
+    policy = ppo.PolicyWithValue(get_peft_model(model, lora.adapter(cfg.method)))
+    rollout = ppo.make_rollout(
+        policy,
+        tokenizer,
+        [[{"role": "user", "content": "I am really"}]] * 4,
+        cfg.method,
+        rewards.build(cfg.reward),
+        0.2,
+    )
+    assert rollout["kl"] == 0.0
+    assert core.masked_mean(rollout["advantages"], rollout["mask"]).abs() < 1e-5  # whitened
+
+
+def test_4bit_policy_trains_every_adapter_tensor_after_generation(make_cfg, tiny, tmp_path):
+    cfg = ppo_cfg(make_cfg, "method.max_steps=2", "method.learning_rate=1e-2", "hardware.load_in_4bit=true")
+    model, tokenizer = tiny("hardware.load_in_4bit=true")
+    rows = data.load(cfg.data, ppo.DATA_FORMATS, "ppo").rows
+    result = ppo.train(
+        Inputs(
+            model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path), rewards=rewards.build(cfg.reward)
+        )
+    )
+    # rollouts generate with the 4-bit weights before every backward pass: every lora_B must have moved from 0
+    untrained = [n for n, p in result.model.named_parameters() if "lora_B" in n and p.abs().sum() == 0]
+    assert not untrained, untrained

@@ -1,0 +1,43 @@
+"""method=dpo on the tiny model: LoRA with the adapter-disabled base as reference; full with a frozen copy."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf import models
+from rlhf.methods import Inputs, dpo
+from tests.conftest import trainer_args
+from tests.methods.test_rm import pairs
+
+
+def test_lora_dpo_raises_the_chosen_margin_without_a_second_model(make_cfg, tiny, tmp_path):
+    cfg = make_cfg(
+        "model=tiny", "hardware=cpu", "method=dpo", "method.max_steps=8", "method.learning_rate=1e-2"
+    )
+    model, tokenizer = tiny()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = dpo.train(Inputs(model, tokenizer, pairs(16), cfg.method, trainer_args(cfg, tmp_path)))
+    assert result.extra["reward_margin"] > 0 and result.extra["preference_accuracy"] > 0.5
+    assert sum(p.numel() for p in result.model.parameters()) < 1.2 * sum(p.numel() for p in base.values())
+    with result.model.disable_adapter():  # the reference: the untouched base
+        for name, p in result.model.get_base_model().named_parameters():
+            key = name.replace(".base_layer", "")
+            if key in base:
+                assert torch.equal(base[key], p)
+
+
+def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
+    cfg = make_cfg(
+        "model=tiny",
+        "hardware=cpu",
+        "method=dpo",
+        "method.adapter=none",
+        "method.max_steps=3",
+        "method.learning_rate=1e-3",
+    )
+    model, tokenizer = tiny()
+    ref = dpo.frozen_copy(model)
+    assert ref is not model and not any(p.requires_grad for p in ref.parameters())
+    result = dpo.train(Inputs(model, tokenizer, pairs(8), cfg.method, trainer_args(cfg, tmp_path)))
+    assert models.trainable_parameters(result.model)[0] == models.trainable_parameters(result.model)[1]
+    assert result.extra["reward_margin"] is not None
