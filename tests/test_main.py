@@ -115,3 +115,23 @@ def test_three_stages_chain_sft_rm_ppo(run_rlhf, tmp_path):
     assert ppo.returncode == 0, ppo.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/keyword" in r and "rewards/model" in r for r in rows)
+
+
+def test_ppo_under_accelerate_launch_with_two_processes(cache_dir, tmp_path):
+    """Two CPU processes (gloo): rank 0 alone writes the run; the explicit run dir is shared."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    args = ["-m", "rlhf", "model=tiny", "method=ppo", "method.max_steps=2", f"hydra.run.dir={tmp_path}/run"]
+    env = {**os.environ, "RLHF_CACHE_DIR": str(cache_dir)}
+    out = subprocess.run([*accelerate, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2  # one line per rollout, from rank 0 only
+    assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
+    assert out.stdout.count("saved to") == 1
