@@ -26,3 +26,11 @@ def test_question_decomposition_preset_runs(run_rlhf, tmp_path):
     samples = [json.loads(line) for line in (tmp_path / "qd" / "samples.jsonl").read_text().splitlines()]
     assert samples[0]["prompt"].startswith("Which country has more people")
     assert json.loads((tmp_path / "qd" / "summary.json").read_text())["data"] == "question-decomposition"
+
+
+def test_ppo_positive_raises_the_keyword_success_rate(run_rlhf, tmp_path):
+    out = run_rlhf("experiment=ppo-positive", "method.max_steps=24", f"hydra.run.dir={tmp_path}/ppo")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    success = [r["success_rate"] for r in rows]
+    assert sum(success[-5:]) / 5 > sum(success[:5]) / 5 + 0.3, success

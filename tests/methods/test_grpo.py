@@ -33,3 +33,29 @@ def test_grpo_trains_the_adapter_with_the_keyword_reward(make_cfg, tiny, tmp_pat
     assert any("rewards/keyword/mean" in r for r in log.rows)
     assert result.extra["final_reward_mean"] is not None
     assert any("lora_" in n for n, p in result.model.named_parameters() if p.requires_grad)
+
+
+def test_4bit_grpo_policy_trains_every_adapter_tensor(make_cfg, tiny, tmp_path):
+    cfg = make_cfg(
+        "model=tiny", "hardware=cpu", "hardware.load_in_4bit=true", "method=grpo", "method.max_steps=1",
+        "method.num_generations=4", "method.learning_rate=1e-2",
+    )  # fmt: skip
+    model, tokenizer = tiny("hardware.load_in_4bit=true")
+    rows = data.load(cfg.data, grpo.DATA_FORMATS, "grpo").rows
+
+    def length(prompts, completions, **kwargs):  # differs between completions: non-zero advantages every step
+        return [float(len(rewards.text_of(c))) for c in completions]
+
+    inputs = Inputs(
+        model,
+        tokenizer,
+        rows,
+        cfg.method,
+        trainer_args(cfg, tmp_path),
+        rewards=[rewards.Reward("length", length, 1.0)],
+    )
+    result = grpo.train(inputs)
+    # GRPO generates with the 4-bit weights before its first backward pass. Every lora_B starts at 0, so after
+    # one step it has moved only if gradient reached it through the frozen 4-bit layers above it.
+    moved = {n: bool(p.abs().sum() > 0) for n, p in result.model.named_parameters() if "lora_B" in n}
+    assert moved and all(moved.values()), [n for n, ok in moved.items() if not ok]
