@@ -3,8 +3,8 @@
 A method module exposes `DATA_FORMATS` (the data it trains on), `BATCH` (which of the hardware profile's
 batch settings it uses: sft or pref), `HEAD` (causal-lm, or sequence-classification for a reward model),
 `USES_REWARD` (whether it needs the reward group's callables) and `train(inputs) -> Result`. It receives ready objects and never
-reads config paths, writes the run directory or talks to a tracker. Heavy imports stay inside `train`, so
-looking a method up costs nothing.
+reads config paths, writes the run directory or talks to a tracker. TRL, peft and datasets are imported
+inside `train`: looking a method up costs no more than torch.
 """
 
 from __future__ import annotations
@@ -42,6 +42,20 @@ class Result:
     model: Any  # the trained model (a PeftModel for adapter methods)
     metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, num_tokens, ...
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific results for summary.json
+
+
+def optimisation_args(m: Any) -> dict[str, Any]:
+    """The TRL / transformers config fields that every method's shared keys (TrainingConfig) map to."""
+    return {
+        "learning_rate": m.learning_rate,
+        "num_train_epochs": m.num_epochs,
+        "max_steps": m.max_steps if m.max_steps > 0 else -1,
+        "lr_scheduler_type": m.lr_scheduler_type,
+        "warmup_steps": m.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the steps
+        "weight_decay": m.weight_decay,
+        "max_grad_norm": m.max_grad_norm,
+        "logging_steps": m.logging_steps,
+    }
 
 
 def get(name: str) -> ModuleType:

@@ -8,7 +8,7 @@ profile's: per_device_train_batch_size = prompts_per_step x num_generations, no 
 
 from __future__ import annotations
 
-from rlhf.methods import Inputs, Result, lora
+from rlhf.methods import Inputs, Result, lora, optimisation_args
 
 DATA_FORMATS = ("prompts",)
 BATCH = "sft"
@@ -28,14 +28,7 @@ def train(inputs: Inputs) -> Result:
             "per_device_train_batch_size": m.prompts_per_step * m.num_generations,
             "gradient_accumulation_steps": 1,
         },
-        learning_rate=m.learning_rate,
-        num_train_epochs=m.num_epochs,
-        max_steps=m.max_steps if m.max_steps > 0 else -1,
-        lr_scheduler_type=m.lr_scheduler_type,
-        warmup_steps=m.warmup_ratio,
-        weight_decay=m.weight_decay,
-        max_grad_norm=m.max_grad_norm,
-        logging_steps=m.logging_steps,
+        **optimisation_args(m),
         beta=m.beta,
         num_generations=m.num_generations,
         max_completion_length=m.max_new_tokens,

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from rlhf.methods import Inputs, Result, lora
+from rlhf.methods import Inputs, Result, lora, optimisation_args
 
 DATA_FORMATS = ("preference",)
 BATCH = "pref"
@@ -26,14 +26,7 @@ def train(inputs: Inputs) -> Result:
     m = inputs.method
     args = RewardConfig(
         **inputs.trainer_args,
-        learning_rate=m.learning_rate,
-        num_train_epochs=m.num_epochs,
-        max_steps=m.max_steps if m.max_steps > 0 else -1,
-        lr_scheduler_type=m.lr_scheduler_type,
-        warmup_steps=m.warmup_ratio,
-        weight_decay=m.weight_decay,
-        max_grad_norm=m.max_grad_norm,
-        logging_steps=m.logging_steps,
+        **optimisation_args(m),
     )
     trainer = RewardTrainer(
         model=inputs.model,

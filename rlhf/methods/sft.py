@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf.methods import Inputs, Result
+from rlhf.methods import Inputs, Result, optimisation_args
 
 DATA_FORMATS = ("alpaca", "chat", "question_decomposition")
 BATCH = "sft"
@@ -29,14 +29,7 @@ def build_trainer(inputs: Inputs, adapter: Any = None):
     m = inputs.method
     args = SFTConfig(
         **inputs.trainer_args,
-        learning_rate=m.learning_rate,
-        num_train_epochs=m.num_epochs,
-        max_steps=m.max_steps if m.max_steps > 0 else -1,
-        lr_scheduler_type=m.lr_scheduler_type,
-        warmup_steps=m.warmup_ratio,
-        weight_decay=m.weight_decay,
-        max_grad_norm=m.max_grad_norm,
-        logging_steps=m.logging_steps,
+        **optimisation_args(m),
         completion_only_loss=True,
     )
     return SFTTrainer(
