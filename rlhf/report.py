@@ -87,8 +87,13 @@ def plot(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
     for ax in axes.flat[len(series) :]:
         ax.axis("off")
     for ax, key in zip(axes.flat, series, strict=False):
-        points = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot(*zip(*points, strict=True), marker="." if len(points) < 40 else None)
+        steps, values = zip(*[(r["step"], r[key]) for r in rows if key in r], strict=True)
+        if len(values) < 20:
+            ax.plot(steps, values, marker=".")
+        else:  # per-batch values are noisy: draw them faintly under a running mean
+            ax.plot(steps, values, alpha=0.3, label="per step")
+            ax.plot(steps, running_mean(list(values), max(len(values) // 10, 2)), label="running mean")
+            ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_title(key.replace("_", " ").replace("/", ": "))
         ax.grid(alpha=0.3)
@@ -99,6 +104,15 @@ def plot(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return [out]
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Mean of the last `window` values at each point (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def trainer_io(run_dir: Path, seed: int) -> dict[str, Any]:
@@ -116,6 +130,7 @@ def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started
     from rlhf import hardware, models
 
     losses = [r["loss"] for r in rows if "loss" in r]
+    window = max(len(losses) // 10, 1)  # the start and end of the curve, averaged over a tenth of it
     tokens = max((r.get("num_tokens", 0) for r in rows), default=0)
     runtime = result.metrics.get("train_runtime", 0.0)
     trainable, total = models.trainable_parameters(result.model)
@@ -130,6 +145,8 @@ def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started
         "steps": max((r["step"] for r in rows), default=0),
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "loss_start_mean": sum(losses[:window]) / window if losses else None,
+        "loss_end_mean": sum(losses[-window:]) / window if losses else None,
         "train_loss": result.metrics.get("train_loss"),
         "train_runtime_s": round(runtime, 2),
         "train_tokens": int(tokens),
@@ -147,6 +164,18 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+# what the preference and RL methods add to summary.json, shown in the table when present
+METHOD_RESULTS = (
+    "heldout_pairwise_accuracy",
+    "reward_margin",
+    "preference_accuracy",
+    "final_reward_mean",
+    "final_reward",
+    "final_success_rate",
+    "final_kl",
+)
+
+
 def print_table(summary: dict[str, Any], run_dir: Path) -> None:
     def fmt(value: Any) -> str:
         if isinstance(value, float):
@@ -161,8 +190,14 @@ def print_table(summary: dict[str, Any], run_dir: Path) -> None:
         ("data", f"{summary['data']} ({summary['data_rows']} rows)"),
         (
             "loss",
-            f"{fmt(summary['first_loss'])} -> {fmt(summary['final_loss'])} over {summary['steps']} steps",
+            f"{fmt(summary['loss_start_mean'])} -> {fmt(summary['loss_end_mean'])} over {summary['steps']} steps"
+            " (means of the first and last tenth)",
         ),
+        *[
+            (key.replace("_", " "), fmt(summary[key]))
+            for key in METHOD_RESULTS
+            if summary.get(key) is not None
+        ],
         ("trainable", f"{fmt(summary['trainable_params'])} of {fmt(summary['total_params'])} ({share:.2%})"),
         ("speed", f"{fmt(summary['tokens_per_s'])} tokens/s ({fmt(summary['train_tokens'])} tokens)"),
         ("peak memory", f"{summary['peak_rss_mb']:.0f} MB RSS"),

@@ -37,7 +37,11 @@ USES_REWARD = True
 
 
 class PolicyWithValue(nn.Module):
-    """A causal LM (with its LoRA adapter) and a value head on its last hidden state."""
+    """A causal LM (with its LoRA adapter) and a value head on its last hidden state.
+
+    `forward` returns logits and values for the last `response_len` tokens only (the positions that predict
+    them): the vocabulary projection of the prompt's positions is never computed.
+    """
 
     def __init__(self, policy: nn.Module):
         super().__init__()
@@ -47,15 +51,17 @@ class PolicyWithValue(nn.Module):
         nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids):
+    def forward(self, input_ids, attention_mask, position_ids, response_len: int):
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             output_hidden_states=True,
+            logits_to_keep=response_len + 1,
         )
-        values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1)
-        return out.logits, values
+        hidden = out.hidden_states[-1][:, -response_len - 1 : -1]
+        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return out.logits[:, :-1], values
 
 
 def train(inputs: Inputs) -> Result:
@@ -150,14 +156,18 @@ def make_rollout(
     input_ids = torch.cat([query["input_ids"], response], dim=1)
     attention_mask = torch.cat([query["attention_mask"], response_mask], dim=1)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits, values = model(input_ids, attention_mask, position_ids)
-    logprobs = response_logprobs(logits, response, q_len, m.temperature)
-    values = values[:, q_len - 1 : -1].float()
-    with model.policy.disable_adapter():
-        ref_logits = model.policy(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).logits
-    ref_logprobs = response_logprobs(ref_logits, response, q_len, m.temperature)
+    response_len = response.shape[1]
+    logits, values = model(input_ids, attention_mask, position_ids, response_len)
+    logprobs = response_logprobs(logits, response, m.temperature)
+    values = values.float()
+    with model.policy.disable_adapter():  # the reference: the same weights without the adapter
+        ref = model.policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            logits_to_keep=response_len + 1,
+        )
+    ref_logprobs = response_logprobs(ref.logits[:, :-1], response, m.temperature)
 
     mask = response_mask.float()
     token_rewards, kl = core.token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
@@ -165,7 +175,7 @@ def make_rollout(
     if m.whiten_advantages:
         advantages = core.whiten(advantages, mask)
 
-    entropy = core.masked_mean(core.entropy_from_logits(logits[:, q_len - 1 : -1]), mask)
+    entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
     kl_per_sequence = kl.sum(dim=1).mean().item()
     stats = {
         "reward": scores.mean().item(),
@@ -181,7 +191,6 @@ def make_rollout(
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": position_ids,
-        "q_len": q_len,
         "response": response,
         "mask": mask,
         "logprobs": logprobs,
@@ -198,17 +207,20 @@ def optimise(model, optimizer, accelerator, rollout: dict[str, Any], m) -> dict[
     """`ppo_epochs` passes over the rollout in mini-batches; one optimizer step per accumulated group."""
     model.train()
     totals: dict[str, list[float]] = {}
-    q_len = rollout["q_len"]
     for _ in range(m.ppo_epochs):
         order = torch.randperm(m.batch_size)
         for start in range(0, m.batch_size, m.mini_batch_size):
             idx = order[start : start + m.mini_batch_size]
             with accelerator.accumulate(model):
+                response = rollout["response"][idx]
                 logits, values = model(
-                    rollout["input_ids"][idx], rollout["attention_mask"][idx], rollout["position_ids"][idx]
+                    rollout["input_ids"][idx],
+                    rollout["attention_mask"][idx],
+                    rollout["position_ids"][idx],
+                    response.shape[1],
                 )
-                logprobs = response_logprobs(logits, rollout["response"][idx], q_len, m.temperature)
-                values = values[:, q_len - 1 : -1].float()
+                logprobs = response_logprobs(logits, response, m.temperature)
+                values = values.float()
                 mask = rollout["mask"][idx]
                 pg_loss, pg_stats = core.policy_loss(
                     logprobs, rollout["logprobs"][idx], rollout["advantages"][idx], mask, m.cliprange
@@ -233,12 +245,10 @@ def optimise(model, optimizer, accelerator, rollout: dict[str, Any], m) -> dict[
     return {k: sum(v) / len(v) for k, v in totals.items()}
 
 
-def response_logprobs(
-    logits: torch.Tensor, response: torch.Tensor, q_len: int, temperature: float
-) -> torch.Tensor:
-    """log pi(token) for each response token, under the sampling temperature."""
-    logits = logits[:, q_len - 1 : -1].float() / temperature
-    return torch.gather(torch.log_softmax(logits, dim=-1), 2, response.unsqueeze(-1)).squeeze(-1)
+def response_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(token) for each response token, under the sampling temperature (logits: one per response token)."""
+    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.gather(logprobs, 2, response.unsqueeze(-1)).squeeze(-1)
 
 
 def response_mask_until_eos(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:

@@ -92,8 +92,11 @@ def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(
 
     policy.eval()
     with torch.no_grad():
-        logits, _ = policy(rollout["input_ids"], rollout["attention_mask"], rollout["position_ids"])
-    new = ppo.response_logprobs(logits, rollout["response"], rollout["q_len"], m.temperature)
+        response = rollout["response"]
+        logits, _ = policy(
+            rollout["input_ids"], rollout["attention_mask"], rollout["position_ids"], response.shape[1]
+        )
+    new = ppo.response_logprobs(logits, response, m.temperature)
     change = ((new - rollout["logprobs"]) * rollout["mask"]).sum(1)
     assert (change[sign > 0] > 0).all() and (change[sign < 0] < 0).all(), change
 
