@@ -24,7 +24,9 @@ def test_question_decomposition_preset_runs(run_rlhf, tmp_path):
     out = run_rlhf("experiment=question-decomposition", "method.max_steps=2", f"hydra.run.dir={tmp_path}/qd")
     assert out.returncode == 0, out.stderr[-3000:]
     samples = [json.loads(line) for line in (tmp_path / "qd" / "samples.jsonl").read_text().splitlines()]
-    assert samples[0]["prompt"].startswith("Which country has more people")
+    assert samples[0]["prompt"].endswith(
+        "Which country has more people per square kilometre, Japan or Germany?"
+    )
     assert json.loads((tmp_path / "qd" / "summary.json").read_text())["data"] == "question-decomposition"
 
 

@@ -98,11 +98,12 @@ def train(inputs: Inputs) -> Result:
         if m.adaptive_kl:
             kl_ctl.update(rollout["kl"], m.batch_size)
 
-        tokens_seen += int(rollout["attention_mask"].sum())
+        rollout_tokens = int(rollout["attention_mask"].sum())  # prompts + completions
+        tokens_seen += rollout_tokens
         losses.append(stats["loss"])
+        step_time = time.time() - t0
         logs = {**stats, **rollout["stats"], "kl_coef": kl_ctl.value, "num_tokens": tokens_seen}
-        logs["tokens_per_s"] = int(rollout["attention_mask"].sum()) * m.ppo_epochs / (time.time() - t0)
-        logs["step_time"] = time.time() - t0
+        logs.update(tokens_per_s=rollout_tokens / step_time, step_time=step_time)
         state.global_step, state.epoch = step, step * m.batch_size / max(len(prompts), 1)
         for callback in inputs.callbacks:
             callback.on_log(None, state, None, logs=logs)
