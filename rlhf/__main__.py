@@ -49,10 +49,18 @@ def main(cfg: DictConfig) -> float | None:
 
     metrics = out.MetricsFile(run_dir / "metrics.jsonl")
     args = {**hardware.trainer_args(hw, method.BATCH), **out.trainer_io(run_dir, cfg.seed)}
-    inputs = Inputs(
-        model, tokenizer, dataset.rows, cfg.method, args, [metrics], heldout.rows if heldout else [], reward
+    result = method.train(
+        Inputs(
+            model,
+            tokenizer,
+            dataset.rows,
+            cfg.method,
+            args,
+            [metrics],
+            heldout.rows if heldout else [],
+            reward,
+        )
     )
-    result = method.train(inputs)
     if not out.is_main_process():
         return None
 
@@ -65,7 +73,7 @@ def main(cfg: DictConfig) -> float | None:
     summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started)
     out.write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
     out.print_table(summary, run_dir)
-    return summary["final_loss"]
+    return summary["loss_end_mean"]  # what a sweeper minimises
 
 
 def check_run_dir(argv: list[str]) -> None:

@@ -88,8 +88,8 @@ def plot(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[Path]:
         ax.axis("off")
     for ax, key in zip(axes.flat, series, strict=False):
         steps, values = zip(*[(r["step"], r[key]) for r in rows if key in r], strict=True)
-        if len(values) < 20:
-            ax.plot(steps, values, marker=".")
+        if len(values) < 20 or key == "learning_rate":  # a schedule is not noisy: no running mean
+            ax.plot(steps, values, marker="." if len(values) < 20 else None)
         else:  # per-batch values are noisy: draw them faintly under a running mean
             ax.plot(steps, values, alpha=0.3, label="per step")
             ax.plot(steps, running_mean(list(values), max(len(values) // 10, 2)), label="running mean")
