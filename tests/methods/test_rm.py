@@ -24,12 +24,10 @@ def test_reward_model_learns_pairs_and_loads_as_a_reward(make_cfg, tmp_path):
         "model=tiny", "hardware=cpu", "method=rm", "method.max_steps=12", "method.learning_rate=5e-3"
     )
     model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir, rm.HEAD)
-    before = rm.pairwise_accuracy(model, tokenizer, pairs(8))
     result = rm.train(
         Inputs(model, tokenizer, pairs(16), cfg.method, trainer_args(cfg, tmp_path), eval_rows=pairs(8))
     )
     assert result.extra["heldout_pairwise_accuracy"] == 1.0
-    assert before < 1.0 or before == 1.0  # the random head scores every pair the same way; training decides
 
     models.save(result.model, tokenizer, tmp_path / "model")
     assert (tmp_path / "model" / "adapter_model.safetensors").is_file()
