@@ -37,11 +37,9 @@ class MetricsFile(TrainerCallback):
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], settings) -> list[str]:
     """Greedy completions for chat prompts, in one left-padded batch (`settings` is cfg.samples)."""
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    tokenizer.padding_side = side
+    from rlhf.models import encode_chat_prompts
+
+    batch = encode_chat_prompts(tokenizer, prompts, model.device)
     was_training = model.training
     model.eval()
     out = model.generate(

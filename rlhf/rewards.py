@@ -29,19 +29,14 @@ class Reward:
     weight: float
 
 
-def build(cfg: DictConfig, hw: DictConfig | None = None) -> list[Reward]:
-    """The reward components of `cfg` (the reward group's node)."""
+def build(cfg: DictConfig) -> list[Reward]:
+    """The reward components of `cfg` (the reward group's node; `validate` has checked mix's weights)."""
     if cfg.name == "mix":
-        if len(cfg.components) != len(cfg.weights) or not cfg.components:
-            raise UserError(
-                f"reward.weights={list(cfg.weights)}: needs one weight per component of "
-                f"reward.components={list(cfg.components)}; fix: give as many weights as components"
-            )
         return [
-            Reward(name, _component(name, cfg, hw), float(w))
+            Reward(name, _component(name, cfg), float(w))
             for name, w in zip(cfg.components, cfg.weights, strict=True)
         ]
-    return [Reward(cfg.name, _component(cfg.name, cfg, hw), 1.0)]
+    return [Reward(cfg.name, _component(cfg.name, cfg), 1.0)]
 
 
 def total(
@@ -53,11 +48,11 @@ def total(
     return summed, parts
 
 
-def _component(name: str, cfg: DictConfig, hw: DictConfig | None) -> RewardFunc:
+def _component(name: str, cfg: DictConfig) -> RewardFunc:
     if name == "keyword":
         return keyword_reward(list(cfg.words))
     if name == "model":
-        return model_reward(cfg.model_path, hw)
+        return model_reward(cfg.model_path)
     raise UserError(f"reward.components={name}: unknown reward; fix: use keyword or model")
 
 
@@ -82,14 +77,12 @@ def keyword_reward(words: list[str]) -> RewardFunc:
     return keyword
 
 
-def model_reward(path: str, hw: DictConfig | None = None) -> RewardFunc:
+def model_reward(path: str) -> RewardFunc:
     """Scores prompt + completion with a sequence-classification model in its chat format.
 
     `path` is a run's model/ directory from `method=rm` (a LoRA adapter or full weights), any local
     sequence-classification model directory, or a hub id.
     """
-    import torch
-
     if not path:
         raise UserError(
             "reward.model_path='': the model reward needs a reward model; fix: set reward.model_path to a "
@@ -97,13 +90,8 @@ def model_reward(path: str, hw: DictConfig | None = None) -> RewardFunc:
         )
     model, tokenizer = load_reward_model(path)
 
-    @torch.no_grad()
     def model_score(prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        texts = [_chat_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024).to(
-            model.device
-        )
-        return model(**batch).logits[:, 0].float().tolist()
+        return score(model, tokenizer, prompts, completions).tolist()
 
     return model_score
 
@@ -136,6 +124,18 @@ def load_reward_model(path: str):
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def score(model, tokenizer, prompts: list, completions: list):
+    """One score per prompt + completion from a sequence-classification model, in its chat format."""
+    import torch
+
+    texts = [_chat_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024).to(
+        model.device
+    )
+    with torch.no_grad():
+        return model(**batch).logits[:, 0].float()
 
 
 def _chat_text(tokenizer, prompt: Any, completion: Any) -> str:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
+from rlhf import rewards
 from rlhf.methods import Inputs, Result, lora, optimisation_args
 
 DATA_FORMATS = ("preference",)
@@ -43,7 +42,6 @@ def train(inputs: Inputs) -> Result:
     return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)
 
 
-@torch.no_grad()
 def pairwise_accuracy(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 8) -> float | None:
     """Share of pairs where score(prompt + chosen) > score(prompt + rejected)."""
     if not rows:
@@ -52,10 +50,8 @@ def pairwise_accuracy(model, tokenizer, rows: list[dict[str, Any]], batch_size: 
     wins = 0
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        scores = {}
-        for side in ("chosen", "rejected"):
-            texts = [tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False) for r in chunk]
-            batch = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
-            scores[side] = model(**batch).logits[:, 0]
-        wins += int((scores["chosen"] > scores["rejected"]).sum())
+        prompts = [r["prompt"] for r in chunk]
+        chosen = rewards.score(model, tokenizer, prompts, [r["chosen"] for r in chunk])
+        rejected = rewards.score(model, tokenizer, prompts, [r["rejected"] for r in chunk])
+        wins += int((chosen > rejected).sum())
     return wins / len(rows)

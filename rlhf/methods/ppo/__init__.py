@@ -29,6 +29,7 @@ from torch import nn
 from rlhf import rewards as reward_group
 from rlhf.methods import Inputs, Result, lora
 from rlhf.methods.ppo import core
+from rlhf.models import encode_chat_prompts
 
 DATA_FORMATS = ("prompts",)
 BATCH = "sft"
@@ -128,12 +129,7 @@ def make_rollout(
 ) -> dict[str, Any]:
     """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns)."""
     model.eval()
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    query = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(
-        model.policy.device
-    )
-    tokenizer.padding_side = side
+    query = encode_chat_prompts(tokenizer, prompts, model.policy.device)
     generated = model.policy.generate(
         **query,
         do_sample=True,
