@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> float | None:
     started, run_dir = time.time(), Path(HydraConfig.get().runtime.output_dir)
     with discard_run_on_bad_input(run_dir):
         validate(cfg)  # every config error at once, before torch is even imported
-        from rlhf import data, hardware, models, rewards
+        from rlhf import data, evaluate, hardware, models, rewards
         from rlhf import report as out
         from rlhf.methods import Inputs, get
 
@@ -36,11 +36,22 @@ def main(cfg: DictConfig) -> float | None:
         )
         hw = hardware.resolve(cfg.hardware)  # auto -> a concrete profile; a CUDA profile needs CUDA
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
+        evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
+        if evaluates:
+            evaluate.check(cfg.eval)  # unknown tasks, or data that offline cannot be had
         model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir, method.HEAD)
+
+    # the base model's scores, before training changes it (only rank 0 evaluates; cached per base model)
+    on_rank0 = evaluates and out.is_main_process()
+    base = (
+        evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer) if on_rank0 else None
+    )
 
     from transformers import set_seed
 
-    set_seed(cfg.seed)  # adapter initialisation and data order
+    set_seed(
+        cfg.seed
+    )  # adapter initialisation and data order, whether or not the base eval ran or was cached
     # generations for fixed prompts before and after training (a reward model scores, it does not generate)
     prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
     samples = run_dir / "samples.jsonl"
@@ -69,10 +80,18 @@ def main(cfg: DictConfig) -> float | None:
         out.write_samples(
             samples, "after", prompts, out.generate(result.model, tokenizer, prompts, cfg.samples)
         )
-    out.plot(run_dir, metrics.rows, f"{cfg.method.name} on {cfg.model.name}")
-    summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started)
+    title = f"{cfg.method.name} on {cfg.model.name}"
+    scores = (
+        evaluate.after_training(cfg.eval, base, result.model, tokenizer, hw, run_dir, title) if base else None
+    )
+    if cfg.export.merge:
+        models.save_merged(result.model, tokenizer, run_dir / "merged")
+    out.plot(run_dir, metrics.rows, title)
+    summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started, scores)
     out.write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
     out.print_table(summary, run_dir)
+    if scores:
+        evaluate.print_table(scores)
     return summary["loss_end_mean"]  # what a sweeper minimises
 
 

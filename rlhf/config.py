@@ -146,6 +146,16 @@ class RewardConfig:
 @dataclass
 class EvalConfig:
     name: str = MISSING
+    tasks: list[str] = MISSING  # lm-eval task names: ours (rlhf_*, rlhf/tasks/) or lm-eval's registry
+    limit: int | None = MISSING  # items per task; null = every item
+    batch_size: int = MISSING
+    num_fewshot: int | None = MISSING  # null = each task's own setting
+    apply_chat_template: bool = MISSING  # prompts in the model's chat format, as training formats them
+
+
+@dataclass
+class ExportConfig:
+    merge: bool = MISSING  # also write merged/: the LoRA adapter folded into full weights
 
 
 @dataclass
@@ -163,6 +173,7 @@ class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     # each group's node is typed by its own schema (see the YAML's defaults list)
     model: Any = MISSING
     method: Any = MISSING
@@ -356,6 +367,26 @@ def validate(cfg: DictConfig) -> None:
         check(t.top_k >= 0, "method.top_k", t.top_k, "must be >= 0", "use 0 to turn it off")
     if "num_virtual_tokens" in t:
         positive("method.num_virtual_tokens", t.num_virtual_tokens, "20")
+
+    e = cfg.eval
+    check(
+        e.limit is None or e.limit > 0, "eval.limit", e.limit, "must be positive", "use null (all) or e.g. 50"
+    )
+    check(
+        e.num_fewshot is None or e.num_fewshot >= 0,
+        "eval.num_fewshot",
+        e.num_fewshot,
+        "must be >= 0",
+        "use null or 0",
+    )
+    positive("eval.batch_size", e.batch_size, "16")
+    check(
+        not cfg.export.merge or ("lora_r" in t and t.get("adapter", "lora") == "lora"),
+        "export.merge",
+        cfg.export.merge,
+        f"method={t.name} trains no LoRA adapter to merge",
+        "drop export.merge (model/ already loads on its own), or train LoRA (method=lora)",
+    )
 
     h = cfg.hardware
     full_finetune = t.name == "sft" or t.get("adapter") == "none"

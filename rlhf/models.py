@@ -109,6 +109,15 @@ def save(model, tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def save_merged(model, tokenizer, out: Path) -> None:
+    """The LoRA adapter folded into the base weights: a plain model that needs no peft to load.
+
+    Merging changes the weights in place, so it runs after everything else has used the adapter model.
+    """
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def encode_chat_prompts(tokenizer, prompts: list[list[dict]], device) -> dict:
     """Chat prompts rendered with the generation prompt, left-padded into one batch for `generate`."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]

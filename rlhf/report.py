@@ -124,7 +124,9 @@ def trainer_io(run_dir: Path, seed: int) -> dict[str, Any]:
     }
 
 
-def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started: float) -> dict[str, Any]:
+def summary(
+    cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started: float, scores: dict | None = None
+) -> dict[str, Any]:
     from rlhf import hardware, models
 
     losses = [r["loss"] for r in rows if "loss" in r]
@@ -153,6 +155,8 @@ def summary(cfg, hw, result, rows: list[dict[str, Any]], data_rows: int, started
         "total_params": total,
         "trainable_share": round(trainable / total, 6) if total else None,
         **result.extra,
+        # lm-eval after training, and the change from the base model (eval.json has both sides)
+        **({"eval": scores["after"], "eval_delta": scores["delta"]} if scores else {}),
         **peak_memory_mb(),
         "wall_time_s": round(time.time() - started, 1),
     }

@@ -34,5 +34,7 @@ def quiet_libraries() -> None:
     """Silence library chatter that users cannot act on."""
     # bitsandbytes asks for a kernel package fetched from the hub at run time; its built-in kernels work
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # lm-eval narrates every stage at INFO and warns that a model object was passed in (by design here)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -1,0 +1,244 @@
+"""The evaluation stage: lm-eval on the model in memory, before and after training.
+
+Also `python -m rlhf.evaluate run=<run dir> [eval=... eval.limit=...]`: evaluate a finished run again.
+
+Results are flat `{"<task>/<metric>": value}` dicts. The base model's results are cached on disk per
+(model, precision, tasks and their files, limit, few-shot, chat template, lm-eval version), so a sweep
+and every later run on the same base computes them once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from rlhf.errors import UserError
+
+TASKS = Path(__file__).resolve().parent / "tasks"  # the eval=quick tasks: lm-eval YAMLs, data, checkers
+
+
+def task_manager(cfg: DictConfig):
+    from lm_eval.tasks import TaskManager
+
+    # lm-eval's own registry is indexed only when a task outside ours is asked for (it takes seconds)
+    ours = all(t.startswith("rlhf_") for t in cfg.tasks)
+    return TaskManager(include_path=str(TASKS), include_defaults=not ours)
+
+
+def check(cfg: DictConfig) -> None:
+    """Before any weights load: every task exists, and its data can be had (offline: from a local cache)."""
+    if not cfg.tasks:
+        return
+    manager = task_manager(cfg)
+    unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
+    if unknown:
+        raise UserError(
+            f"eval.tasks={list(cfg.tasks)}: unknown task {unknown[0]}; fix: use tasks of lm-eval's registry "
+            f"(lm_eval ls tasks) or ours: {', '.join(t for t in manager.all_tasks if t.startswith('rlhf_'))}"
+        )
+    for task in cfg.tasks:
+        for path in sorted(_hub_datasets(manager, task)):
+            _check_dataset(task, path)
+
+
+def _hub_datasets(manager, name: str) -> set[str]:
+    """The hub data sets a task, group or tag reads, from the task YAMLs alone: nothing downloads."""
+    entry = manager.task_index.get(name)
+    if entry is None:
+        return set()
+    if entry.kind.name == "TAG":
+        return {path for child in entry.tags for path in _hub_datasets(manager, child)}
+    config = entry.cfg or {}
+    if entry.kind.name == "GROUP":
+        children = [c if isinstance(c, str) else c.get("task", "") for c in config.get("task", [])]
+        return {path for child in children for path in _hub_datasets(manager, child)}
+    path = config.get("dataset_path")
+    return {path} if path and "custom_dataset" not in config and not Path(path).exists() else set()
+
+
+def _check_dataset(task: str, path: str) -> None:
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, scan_cache_dir
+
+    try:
+        cached = any(r.repo_id == path and r.repo_type == "dataset" for r in scan_cache_dir().repos)
+    except Exception:  # no cache directory yet
+        cached = False
+    if cached:
+        return
+    host = urlparse(constants.ENDPOINT).hostname
+    try:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+            raise OSError
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        raise UserError(
+            f"eval.tasks: {task} needs the data set {path}, which is not in the local Hugging Face cache, and "
+            f"{host} cannot be reached (offline); fix: run once with network access, or use eval=quick "
+            "(offline tasks) or eval=none"
+        ) from None
+
+
+def evaluate(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[str, float]]:
+    """lm-eval on a model object (adapters included: nothing is reloaded from disk).
+
+    Returns {"scores": {"task/metric": x}, "stderr": {"task/metric": s}}.
+    """
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(
+        pretrained=model,
+        tokenizer=tokenizer,
+        batch_size=cfg.batch_size,
+        # the weights stay as they are; the forward pass runs in the precision training used
+        mixed_precision_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
+    )
+    was_training = model.training
+    results = simple_evaluate(
+        model=lm,
+        tasks=list(cfg.tasks),
+        num_fewshot=cfg.num_fewshot,
+        limit=cfg.limit,
+        apply_chat_template=cfg.apply_chat_template,
+        task_manager=task_manager(cfg),
+        log_samples=False,
+        bootstrap_iters=1000,  # only metrics without a closed-form stderr are bootstrapped
+    )
+    model.train(was_training)
+    return {"scores": flatten(results["results"]), "stderr": flatten(results["results"], stderr=True)}
+
+
+def flatten(results: dict[str, dict[str, Any]], stderr: bool = False) -> dict[str, float]:
+    """lm-eval's {"task": {"acc,none": x, "acc_stderr,none": s, ...}} -> {"task/acc": x} (or s)."""
+    flat = {}
+    for task, metrics in sorted(results.items()):
+        for key, value in metrics.items():
+            name, _, filter_name = key.partition(",")
+            if name.endswith("_stderr") != stderr or not isinstance(value, (int, float)):
+                continue
+            name = name.removesuffix("_stderr")
+            if name in ("alias", "sample_len", "sample_count"):
+                continue
+            flat[f"{task}/{name}" + ("" if filter_name in ("", "none") else f"_{filter_name}")] = float(value)
+    return flat
+
+
+def base_cache_key(cfg: DictConfig, model_cfg: DictConfig, hw: DictConfig, model_dir: str) -> str:
+    """Everything that can change the base model's scores, the model's files included."""
+    from importlib.metadata import version
+
+    def fingerprint(files) -> list:
+        return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files) if p.is_file()]
+
+    tasks = [p for p in TASKS.rglob("*") if "__pycache__" not in p.parts]
+    payload = {
+        "model": OmegaConf.to_container(model_cfg, resolve=True),
+        "model_files": fingerprint(Path(model_dir).glob("*")) if Path(model_dir).is_dir() else model_dir,
+        "hardware": OmegaConf.to_container(hw, resolve=True),
+        "eval": {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"},
+        "tasks": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(tasks) if p.is_file())).hexdigest(),
+        "lm_eval": version("lm-eval"),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_results(cfg: DictConfig, model_cfg: DictConfig, hw: DictConfig, cache_dir: str, model, tokenizer):
+    """(results, seconds, from_cache) for the base model: computed once per base, then read from the cache."""
+    from rlhf import hardware, models
+
+    cache = Path(cache_dir).expanduser()
+    key = base_cache_key(cfg, model_cfg, hw, models.local_dir(model_cfg, cache))
+    file = cache / "eval" / f"{model_cfg.name}-{key}.json"
+    if file.is_file():
+        return json.loads(file.read_text()), 0.0, True
+    print(f"Evaluating the base model on {', '.join(cfg.tasks)} (once; cached in {file.parent})")
+    started = time.time()
+    results = evaluate(cfg, model, tokenizer, hardware.precision(hw))
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(results, indent=2) + "\n")
+    return results, time.time() - started, False
+
+
+def after_training(
+    cfg: DictConfig, base, model, tokenizer, hw: DictConfig, run_dir: Path, title: str
+) -> dict:
+    """Score the tuned model and write eval.json / eval.md beside it."""
+    from rlhf import hardware
+
+    before, base_seconds, cached = base
+    print(f"Evaluating the tuned model on {', '.join(cfg.tasks)}")
+    started = time.time()
+    after = evaluate(cfg, model, tokenizer, hardware.precision(hw))
+    result = report(cfg, before, after, {"before": base_seconds, "after": time.time() - started}, cached)
+    write(run_dir, result, title)
+    return result
+
+
+def report(cfg: DictConfig, before: dict, after: dict, seconds: dict[str, float], base_cached: bool) -> dict:
+    """What eval.json holds: the settings, both sides, the delta per metric and the standard errors."""
+    b, a = before["scores"], after["scores"]
+    return {
+        "tasks": list(cfg.tasks),
+        "limit": cfg.limit,
+        "num_fewshot": cfg.num_fewshot,
+        "apply_chat_template": cfg.apply_chat_template,
+        "before": b,
+        "after": a,
+        "delta": {k: round(a[k] - b[k], 6) for k in a if k in b},
+        "stderr": {"before": before["stderr"], "after": after["stderr"]},
+        "base_from_cache": base_cached,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def markdown(result: dict[str, Any], title: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"tasks: {', '.join(result['tasks'])}; limit: {result['limit']}; few-shot: {result['num_fewshot']}; "
+        f"chat template: {result['apply_chat_template']}",
+        "",
+        "| task | metric | before | after | delta | stderr (after) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, after in result["after"].items():
+        task, metric = key.split("/", 1)
+        before, delta = result["before"].get(key), result["delta"].get(key)
+        stderr = result["stderr"]["after"].get(key)
+        lines.append(
+            f"| {task} | {metric} | {_num(before)} | {_num(after)} | {_num(delta, signed=True)} | {_num(stderr)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    width = max((len(k) for k in result["after"]), default=10)
+    print(f"\n{'eval (lm-eval)':<{width}}  {'before':>7}  {'after':>7}  {'delta':>7}")
+    for key, after in result["after"].items():
+        before, delta = result["before"].get(key), result["delta"].get(key)
+        print(f"{key:<{width}}  {_num(before):>7}  {_num(after):>7}  {_num(delta, signed=True):>7}")
+
+
+def write(run_dir: Path, result: dict[str, Any], title: str) -> Path:
+    """eval.json + eval.md; a name already taken gets a numbered one, so nothing is overwritten."""
+    stem, n = "eval", 1
+    while (run_dir / f"{stem}.json").exists() or (run_dir / f"{stem}.md").exists():
+        n += 1
+        stem = f"eval-{n}"
+    (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (run_dir / f"{stem}.md").write_text(markdown(result, title))
+    return run_dir / f"{stem}.json"
