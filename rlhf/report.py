@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from rlhf.methods import METHOD_RESULTS
+
 
 def is_main_process() -> bool:
     """Rank 0 under `accelerate launch` / torchrun; the only process in a plain run."""
@@ -164,18 +166,6 @@ def summary(
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
-
-
-# what the preference and RL methods add to summary.json, shown in the table when present
-METHOD_RESULTS = (
-    "heldout_pairwise_accuracy",
-    "reward_margin",
-    "preference_accuracy",
-    "final_reward_mean",
-    "final_reward",
-    "final_success_rate",
-    "final_kl",
-)
 
 
 def print_table(summary: dict[str, Any], run_dir: Path) -> None:

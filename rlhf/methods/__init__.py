@@ -25,6 +25,19 @@ MODULES = {
 }
 
 
+# what the preference and RL methods add to summary.json (Result.extra), shown in the run's table and in
+# `python -m rlhf.compare` when present
+METHOD_RESULTS = (
+    "heldout_pairwise_accuracy",
+    "reward_margin",
+    "preference_accuracy",
+    "final_reward_mean",
+    "final_reward",
+    "final_success_rate",
+    "final_kl",
+)
+
+
 @dataclass
 class Inputs:
     model: Any  # a transformers PreTrainedModel
