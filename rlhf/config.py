@@ -463,4 +463,7 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _show(value: Any) -> str:
+    """A value as the user would write it on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
     return "''" if value == "" else str(value)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,7 @@ def evaluate(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dic
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    was_training = model.training  # HFLM switches the model to eval mode; training resumes afterwards
     lm = HFLM(
         pretrained=model,
         tokenizer=tokenizer,
@@ -103,7 +106,6 @@ def evaluate(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dic
         # the weights stay as they are; the forward pass runs in the precision training used
         mixed_precision_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
     )
-    was_training = model.training
     results = simple_evaluate(
         model=lm,
         tasks=list(cfg.tasks),
@@ -180,7 +182,7 @@ def after_training(
     started = time.time()
     after = evaluate(cfg, model, tokenizer, hardware.precision(hw))
     result = report(cfg, before, after, {"before": base_seconds, "after": time.time() - started}, cached)
-    write(run_dir, result, title)
+    result["file"] = str(write(run_dir, result, title))
     return result
 
 
@@ -242,3 +244,91 @@ def write(run_dir: Path, result: dict[str, Any], title: str) -> Path:
     (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     (run_dir / f"{stem}.md").write_text(markdown(result, title))
     return run_dir / f"{stem}.json"
+
+
+# --------------------------------------------------------------------------- python -m rlhf.evaluate
+
+USAGE = "python -m rlhf.evaluate run=<run dir> [eval=quick|standard] [eval.limit=N] [eval.tasks=[...]] [hardware=...]"
+
+
+def settings(argv: list[str]) -> tuple[Path, DictConfig]:
+    """The run directory and its config, with the eval (and hardware) overrides of the command line."""
+    from hydra import compose, initialize_config_dir
+
+    from rlhf.__main__ import CONF
+    from rlhf.config import register_schemas, validate
+
+    runs = [a.split("=", 1)[1] for a in argv if a.startswith("run=")]
+    overrides = [a for a in argv if not a.startswith("run=")]
+    if len(runs) != 1:
+        raise UserError(f"run: give exactly one run directory; fix: {USAGE}")
+    run = Path(runs[0]).expanduser()
+    if not (run / ".hydra" / "config.yaml").is_file() or not (run / "model").is_dir():
+        raise UserError(
+            f"run={runs[0]}: not a finished rlhf run (no .hydra/config.yaml or model/); fix: {USAGE}"
+        )
+    other = [o for o in overrides if not o.lstrip("+~").startswith(("eval", "hardware", "cache_dir"))]
+    if other:
+        raise UserError(f"{other[0]}: only eval.*, hardware.* and cache_dir can change here; fix: {USAGE}")
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        # the run's own eval settings unless the command line names others (a run with eval=none gets quick)
+        chosen = any(o.startswith("eval") for o in overrides) or cfg.eval.name == "none"
+        given = compose("config", overrides=[f"model={cfg.model.name}", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    cfg.eval = given.eval if chosen else cfg.eval
+    cfg.cache_dir = given.cache_dir
+    if any(o.startswith("hardware") for o in overrides):
+        cfg.hardware = given.hardware
+    validate(cfg)
+    if cfg.method.name == "rm" or not cfg.eval.tasks:
+        raise UserError(
+            f"run={runs[0]}: method={cfg.method.name} with eval={cfg.eval.name} has nothing lm-eval can score; "
+            "fix: a reward model is scored by heldout_pairwise_accuracy; for a policy run pass eval=quick"
+        )
+    return run, cfg
+
+
+def load_tuned(run: Path, base_model, cfg: DictConfig, hw: DictConfig):
+    """The run's model/: a PEFT adapter onto the (already loaded) base, or full weights."""
+    from rlhf import models
+
+    if (run / "model" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base_model, run / "model")
+    model_cfg = OmegaConf.merge(cfg.model, {"source": "pretrained", "path": str(run / "model")})
+    return models.load(model_cfg, hw, cfg.cache_dir)[0]
+
+
+def cli(argv: list[str] | None = None) -> None:
+    from rlhf import runtime
+    from rlhf.errors import EXIT_CODE, describe, report
+
+    runtime.tune_malloc()
+    runtime.quiet_libraries()
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        from rlhf import hardware, models
+
+        run, cfg = settings(argv)
+        hw = hardware.resolve(cfg.hardware)
+        check(cfg.eval)
+        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
+    except Exception as ex:
+        problems = describe(ex)
+        if problems is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report(problems)
+        sys.exit(EXIT_CODE)
+    base = base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
+    tuned = load_tuned(run, model, cfg, hw)
+    title = f"{cfg.method.name} on {cfg.model.name}, evaluated again"
+    result = after_training(cfg.eval, base, tuned, tokenizer, hw, run, title)
+    print_table(result)
+    print(f"\nwrote {result['file']}")
+
+
+if __name__ == "__main__":
+    cli()

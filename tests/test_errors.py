@@ -117,6 +117,22 @@ CASES = [
         lambda t: ["model=llama-2-7b", "hardware=cpu"],
         "model.path=meta-llama/Llama-2-7b-hf: not in the local Hugging Face cache",
     ),
+    (
+        "unknown-eval-task",
+        lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
+        "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",
+    ),
+    (
+        "standard-eval-offline",
+        lambda t: ["model=tiny", "eval=standard", "eval.tasks=[hellaswag]"],
+        "eval.tasks: hellaswag needs the data set Rowan/hellaswag, which is not in the local Hugging Face cache",
+    ),
+    ("eval-limit-zero", lambda t: ["eval.limit=0"], "eval.limit=0: must be positive"),
+    (
+        "merge-without-lora",
+        lambda t: ["method=prompt-tuning", "export.merge=true"],
+        "export.merge=true: method=prompt-tuning trains no LoRA adapter to merge",
+    ),
 ]
 
 

@@ -1,0 +1,159 @@
+"""The eval stage: lm-eval before and after training in the same run, the base cache, re-evaluation, and
+the stock lm_eval CLI on a run's saved model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf import evaluate
+from tests.conftest import ROOT
+
+QUICK_TASKS = [
+    "rlhf_general_mc",
+    "rlhf_instruction_following",
+    "rlhf_keyword_completion",
+    "rlhf_question_decomposition",
+]
+
+
+@pytest.fixture(scope="module")
+def eval_run(run_rlhf, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("eval") / "lora"
+    out = run_rlhf(
+        "model=tiny", "hardware=cpu", "method=lora", "method.max_steps=2", "eval=quick", "eval.limit=3",
+        "export.merge=true", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run_dir, out
+
+
+def test_eval_json_has_before_after_and_delta_for_every_quick_task(eval_run):
+    run_dir, out = eval_run
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["tasks"] == QUICK_TASKS and result["limit"] == 3
+    for task in QUICK_TASKS:
+        keys = [k for k in result["after"] if k.startswith(f"{task}/")]
+        assert keys, f"no metric for {task}"
+        for key in keys:
+            assert 0 <= result["before"][key] <= max(result["before"][key], 1)
+            assert result["delta"][key] == pytest.approx(result["after"][key] - result["before"][key])
+    # the same numbers in eval.md, in summary.json and in the terminal table
+    table = (run_dir / "eval.md").read_text()
+    assert all(f"| {task} |" in table for task in QUICK_TASKS)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval"] == result["after"] and summary["eval_delta"] == result["delta"]
+    assert "rlhf_general_mc/acc" in out.stdout and "before" in out.stdout
+
+
+def test_base_scores_are_computed_once_per_base_model(tiny, make_cfg, cache_dir, monkeypatch):
+    cfg = make_cfg("model=tiny", "hardware=cpu", "eval.limit=2", "eval.tasks=[rlhf_general_mc]", "seed=7")
+    model, tokenizer = tiny()
+    first, _, cached_first = evaluate.base_results(
+        cfg.eval, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer
+    )
+    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("the cached base was scored again"))
+    again, seconds, cached_again = evaluate.base_results(
+        cfg.eval, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer
+    )
+    assert (cached_first, cached_again, seconds) == (False, True, 0.0) and again == first
+    # another limit is another measurement: no cache hit
+    other = make_cfg("model=tiny", "hardware=cpu", "eval.limit=3", "eval.tasks=[rlhf_general_mc]")
+    key = evaluate.base_cache_key
+    assert key(cfg.eval, cfg.model, cfg.hardware, "d") != key(other.eval, other.model, other.hardware, "d")
+
+
+def test_the_tuned_model_is_scored_in_memory_with_its_adapter(tiny, make_cfg, tmp_path, monkeypatch):
+    from lm_eval.models import huggingface
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_cfg("model=tiny", "hardware=cpu", "eval.limit=2", "eval.tasks=[rlhf_general_mc]")
+    model, tokenizer = tiny()
+    tuned = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    tuned.train()
+    seen = []
+    original = huggingface.HFLM.__init__
+
+    def spy(self, pretrained, **kwargs):
+        seen.append(pretrained)
+        original(self, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(huggingface.HFLM, "__init__", spy)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("reloaded"))
+    base = ({"scores": {"rlhf_general_mc/acc": 0.5}, "stderr": {}}, 1.0, False)
+    result = evaluate.after_training(cfg.eval, base, tuned, tokenizer, cfg.hardware, tmp_path, "t")
+    assert seen == [tuned], "lm-eval must score the adapter model object itself"
+    assert tuned.training, "lm-eval switches to eval mode; the stage switches back"
+    assert result["delta"]["rlhf_general_mc/acc"] == pytest.approx(
+        result["after"]["rlhf_general_mc/acc"] - 0.5
+    )
+
+
+def test_stock_lm_eval_cli_scores_the_saved_adapter_like_the_run_did(eval_run, tmp_path):
+    run_dir, _ = eval_run
+    adapter = json.loads((run_dir / "model" / "adapter_config.json").read_text())
+    model_args = f"pretrained={adapter['base_model_name_or_path']},peft={run_dir / 'model'},dtype=float32"
+    model_args += ",mixed_precision_dtype=bfloat16"  # as the run's cpu profile evaluated (bf16 autocast)
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args, "--device", "cpu",
+            "--include_path", str(ROOT / "rlhf" / "tasks"), "--tasks", "rlhf_general_mc", "--limit", "3",
+            "--apply_chat_template", "--batch_size", "16", "--output_path", str(tmp_path / "out"),
+        ],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    in_run = json.loads((run_dir / "eval.json").read_text())["after"]
+    assert results["rlhf_general_mc"]["acc,none"] == in_run["rlhf_general_mc/acc"]
+    assert results["rlhf_general_mc"]["acc_norm,none"] == in_run["rlhf_general_mc/acc_norm"]
+
+
+def test_merged_export_is_a_plain_model_equal_to_base_plus_adapter(eval_run):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = eval_run
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged")
+    assert not (run_dir / "merged" / "adapter_config.json").exists()
+    adapter = AutoPeftModelForCausalLM.from_pretrained(run_dir / "model")
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_evaluate_again_writes_new_files_and_keeps_the_old(eval_run, cache_dir):
+    import os
+
+    run_dir, _ = eval_run
+    before = (run_dir / "eval.json").read_bytes()
+    out = subprocess.run(
+        [sys.executable, "-m", "rlhf.evaluate", f"run={run_dir}", "eval.tasks=[rlhf_general_mc]", "eval.limit=2"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "RLHF_CACHE_DIR": str(cache_dir)},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = json.loads((run_dir / "eval-2.json").read_text())
+    assert again["tasks"] == ["rlhf_general_mc"] and again["limit"] == 2
+    assert set(again["after"]) == {"rlhf_general_mc/acc", "rlhf_general_mc/acc_norm"}
+    assert (run_dir / "eval.json").read_bytes() == before and (run_dir / "eval-2.md").is_file()
+
+
+def test_flatten_keeps_metrics_and_moves_stderr_aside():
+    raw = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "sample_len": 3, "em,strict": 1.0}}
+    assert evaluate.flatten(raw) == {"t/acc": 0.5, "t/em_strict": 1.0}
+    assert evaluate.flatten(raw, stderr=True) == {"t/acc": 0.1}
+
+
+def test_a_reward_model_run_is_not_handed_to_lm_eval(run_rlhf, tmp_path):
+    out = run_rlhf(
+        "model=tiny", "method=rm", "method.max_steps=1", "eval.limit=2", f"hydra.run.dir={tmp_path}/rm"
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "rm" / "eval.json").exists()
+    assert "eval" not in json.loads((tmp_path / "rm" / "summary.json").read_text())
