@@ -34,5 +34,7 @@ def quiet_libraries() -> None:
     """Silence library chatter that users cannot act on."""
     # bitsandbytes asks for a kernel package fetched from the hub at run time; its built-in kernels work
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # optuna (hparams_search) imports alembic, which announces each of its plugins at INFO under Hydra's logging
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)
