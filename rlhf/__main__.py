@@ -11,7 +11,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rlhf import runtime
+from rlhf import runtime, sweep, tracking
 from rlhf.config import register_schemas, validate
 from rlhf.errors import HYDRA_START_FILES, UserError, discard_run_on_bad_input, install_hydra_reporter, report
 
@@ -19,6 +19,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"  # an absolute path: the 
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
+@sweep.keep_going  # in a multirun, a crashed job leaves failed.json and the sweep goes on
 def main(cfg: DictConfig) -> float | None:
     started, run_dir = time.time(), Path(HydraConfig.get().runtime.output_dir)
     with discard_run_on_bad_input(run_dir):
@@ -49,16 +50,15 @@ def main(cfg: DictConfig) -> float | None:
 
     from transformers import set_seed
 
-    set_seed(
-        cfg.seed
-    )  # adapter initialisation and data order, whether or not the base eval ran or was cached
+    set_seed(cfg.seed)  # adapter init and data order, whether the base eval ran, was cached or was skipped
     # generations for fixed prompts before and after training (a reward model scores, it does not generate)
     prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
     samples = run_dir / "samples.jsonl"
     if prompts and out.is_main_process():
         out.write_samples(samples, "before", prompts, out.generate(model, tokenizer, prompts, cfg.samples))
 
-    metrics = out.MetricsFile(run_dir / "metrics.jsonl")
+    tracker = tracking.start(cfg, run_dir)  # logger=wandb on rank 0: this job's wandb run; else does nothing
+    metrics = out.MetricsFile(run_dir / "metrics.jsonl", forward=tracker.log)
     args = {**hardware.trainer_args(hw, method.BATCH), **out.trainer_io(run_dir, cfg.seed)}
     result = method.train(
         Inputs(
@@ -90,9 +90,10 @@ def main(cfg: DictConfig) -> float | None:
     summary = out.summary(cfg, hw, result, metrics.rows, len(dataset.rows), started, scores)
     out.write_json(run_dir / "summary.json", summary)  # written last: its presence marks a finished run
     out.print_table(summary, run_dir)
+    tracker.finish(summary)  # prints the `wandb sync` command
     if scores:
-        evaluate.print_table(scores)
-    return summary["loss_end_mean"]  # what a sweeper minimises
+        evaluate.print_table(scores)  # the run ends with the before/after table
+    return sweep.objective(summary, cfg.optimize_metric)  # what a sweeper optimises
 
 
 def check_run_dir(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from rlhf.errors import ConfigError
+from rlhf.tracking import has_api_key
 
 # --------------------------------------------------------------------------- schemas
 
@@ -164,6 +165,14 @@ class LoggerConfig:
 
 
 @dataclass
+class WandbLoggerConfig(LoggerConfig):
+    project: str = MISSING
+    entity: str | None = MISSING  # None: the API key's default entity
+    mode: str = MISSING  # auto (online with an API key, else offline) | offline | online
+    tags: list[str] = MISSING
+
+
+@dataclass
 class SamplesConfig:
     max_new_tokens: int = MISSING
 
@@ -172,6 +181,7 @@ class SamplesConfig:
 class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING
+    optimize_metric: str = MISSING  # the summary.json key the run returns to a sweeper (nested: eval.<key>)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     # each group's node is typed by its own schema (see the YAML's defaults list)
@@ -225,6 +235,7 @@ def register_schemas() -> None:
         ("logger", LoggerConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=node)
+    cs.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
     for name, node in METHOD_SCHEMAS.items():
         cs.store(group="schema/method", name=name, node=node)
 
@@ -457,6 +468,16 @@ def validate(cfg: DictConfig) -> None:
         "must be >= 0",
         "use 0 (all rows) or a row count",
     )
+
+    if cfg.logger.name == "wandb":
+        one_of("logger.mode", cfg.logger.mode, ("auto", "offline", "online"))
+        check(
+            cfg.logger.mode != "online" or has_api_key(),
+            "logger.mode",
+            cfg.logger.mode,
+            "no wandb API key (WANDB_API_KEY, or a netrc entry that `wandb login` writes)",
+            "run `wandb login` or set WANDB_API_KEY; logger.mode=auto runs offline without a key",
+        )
 
     if errors:
         raise ConfigError(errors)

@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,14 @@ def is_main_process() -> bool:
 
 
 class MetricsFile(TrainerCallback):
-    """Appends every trainer log to metrics.jsonl as it happens, one JSON object per line."""
+    """Appends every trainer log to metrics.jsonl as it happens, one JSON object per line.
 
-    def __init__(self, path: Path):
+    `forward` receives each row too: the experiment tracker (rlhf.tracking) sees exactly these rows.
+    """
+
+    def __init__(self, path: Path, forward: Callable[[dict[str, Any]], None] | None = None):
         self.path = path
+        self.forward = forward
         self.rows: list[dict[str, Any]] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -34,6 +39,8 @@ class MetricsFile(TrainerCallback):
         self.rows.append(row)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.forward:
+            self.forward(row)
 
 
 @torch.no_grad()
@@ -120,7 +127,7 @@ def trainer_io(run_dir: Path, seed: int) -> dict[str, Any]:
     return {
         "output_dir": str(run_dir),
         "save_strategy": "no",  # the run saves model/ itself, once, at the end: nothing else is written here
-        "report_to": [],  # metrics.jsonl is written by MetricsFile
+        "report_to": [],  # MetricsFile writes metrics.jsonl and forwards each row to wandb (rlhf.tracking)
         "seed": seed,
         "disable_tqdm": False,  # a progress bar while training
     }

@@ -36,5 +36,7 @@ def quiet_libraries() -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     # lm-eval narrates every stage at INFO and warns that a model object was passed in (by design here)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    # optuna (hparams_search) imports alembic, which announces each of its plugins at INFO under Hydra's logging
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -57,8 +57,14 @@ def run_rlhf(cache_dir):
     """run_rlhf(*args) -> CompletedProcess of `python -m rlhf args...` with the session's model cache."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-        full_env = {**base, "RLHF_CACHE_DIR": str(cache_dir), **(env or {})}
+        # no wandb key or mode from the developer's machine: runs stay offline (logger=wandb is the default)
+        base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("WANDB_")}
+        full_env = {
+            **base,
+            "RLHF_CACHE_DIR": str(cache_dir),
+            "NETRC": str(cache_dir / "no-netrc"),
+            **(env or {}),
+        }
         return subprocess.run(
             [sys.executable, "-m", "rlhf", *args],
             capture_output=True,

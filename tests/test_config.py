@@ -53,6 +53,7 @@ def test_every_yaml_opens_with_a_comment_naming_its_command():
 
 def test_defaults_are_the_documented_ones(make_cfg):
     cfg = make_cfg()
+    assert (cfg.logger.name, cfg.logger.mode, cfg.optimize_metric) == ("wandb", "auto", "loss_end_mean")
     assert (cfg.model.name, cfg.method.name, cfg.hardware.name, cfg.data.name) == (
         "smollm2-135m",
         "lora",
@@ -133,13 +134,15 @@ def _run_without_torch(args: list[str]) -> subprocess.CompletedProcess:
         f"sys.argv = ['rlhf', *{args!r}]\n"
         "from rlhf.__main__ import cli\n"
         "try:\n    cli()\nexcept SystemExit:\n    pass\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules)\n"
-        "print('HEAVY', heavy)\n"
+        "heavy = ('torch', 'transformers', 'trl', 'peft', 'wandb', 'optuna')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules))\n"
     )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
-@pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
+@pytest.mark.parametrize(
+    "args", [["--cfg", "job"], ["--help"], ["hparams_search=lora_optuna", "--cfg", "job"]]
+)
 def test_cfg_job_and_help_do_not_import_torch(args):
     out = _run_without_torch(args)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr

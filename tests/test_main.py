@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+from tests.test_tracking import read_wandb_run
+
 
 @pytest.fixture(scope="module")
 def lora_run(run_rlhf, tmp_path_factory):
@@ -89,6 +91,10 @@ def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, meth
     assert (run_dir / "plots" / "loss.png").is_file()
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2]
+    history = read_wandb_run(run_dir)["history"]  # the same rows reach wandb, from TRL and from our PPO
+    assert [(r["_step"], r["loss"]) for r in history] == [
+        (m["step"], m["loss"]) for m in metrics if "loss" in m
+    ]
     expected = {
         "rm": "heldout_pairwise_accuracy",
         "dpo": "preference_accuracy",
@@ -135,3 +141,4 @@ def test_ppo_under_accelerate_launch_with_two_processes(cache_dir, tmp_path):
     assert len(metrics) == 2  # one line per rollout, from rank 0 only
     assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
     assert out.stdout.count("saved to") == 1
+    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs to wandb

@@ -1,0 +1,109 @@
+"""Multirun: a crashed job does not end the sweep; the value a sweeper optimises; the report at the end.
+
+Hydra's BasicSweeper runs a whole batch and then re-raises the first failed job's exception (traceback, exit
+1, the other failures unreported); the optuna sweeper stops at the first failed trial. So in multirun mode
+`keep_going` catches a job's crash, leaves `failed.json` in the job's directory (never a summary.json) and
+returns NaN (optuna records the trial as failed and goes on); `FailedJobs`, a Hydra callback, lists those
+jobs when the sweep ends and exits 1. Bad input is not a crash: it still stops the sweep at once with its one
+line and exit 2, since every later job would most likely meet it too.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+
+from rlhf import tracking
+from rlhf.errors import EXIT_CODE, UserError, describe, report
+
+FAILED = "failed.json"
+log = logging.getLogger(__name__)
+
+
+def keep_going(main: Callable[[Any], float | None]) -> Callable[[Any], float | None]:
+    """Wrap the task function: a failed job ends its wandb run as failed; in a multirun, the sweep goes on."""
+
+    @functools.wraps(main)
+    def job(cfg: Any) -> float | None:
+        try:
+            return main(cfg)
+        except BaseException as ex:
+            tracking.abort()
+            hc = HydraConfig.get()
+            if hc.mode.name != "MULTIRUN" or not isinstance(ex, Exception):
+                raise  # a single run reports as before; Ctrl-C ends a sweep
+            if isinstance(ex, UserError):
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                report(describe(ex))
+                sys.exit(EXIT_CODE)  # SystemExit passes through Hydra's launcher: the sweep stops here
+            record_failure(Path(hc.runtime.output_dir), ex, list(hc.overrides.task))
+            return math.nan
+
+    return job
+
+
+def record_failure(job_dir: Path, ex: Exception, overrides: list[str]) -> None:
+    log.error("job failed: %s\n%s", job_dir, "".join(traceback.format_exception(ex)))
+    payload = {
+        "error": f"{type(ex).__name__}: {ex}".splitlines()[0],
+        "overrides": overrides,
+        "traceback": "".join(traceback.format_exception(ex)),
+    }
+    (job_dir / FAILED).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+class FailedJobs(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): at the end of a sweep, list failed jobs; exit 1."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted(p.parent for p in sweep.rglob(".hydra"))
+        failed = [job for job in jobs if (job / FAILED).is_file()]
+        offline = any(sweep.rglob("offline-run-*"))
+        print(f"\nsweep {sweep}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished")
+        if offline:
+            print(f"wandb: upload its runs with: wandb sync {sweep}/*/wandb/offline-run-*")
+        if not failed:
+            return
+        print(f"{len(failed)} failed (the traceback is in each job's {FAILED}):", file=sys.stderr)
+        for job in failed:
+            print(f"  {job}: {json.loads((job / FAILED).read_text())['error']}", file=sys.stderr)
+        sys.exit(1)
+
+
+def objective(summary: dict[str, Any], name: str) -> float:
+    """summary[name] as a float for a sweeper; `eval.task/acc` is key `task/acc` of the dict summary["eval"]."""
+    values = numbers(summary)
+    if name not in values:
+        raise UserError(
+            f"optimize_metric={name}: not a number in summary.json; fix: choose one of: {', '.join(values)}"
+        )
+    # a key without a value (no loss was logged) is a failed trial for optuna, not a crash of the sweep
+    return math.nan if values[name] is None else float(values[name])
+
+
+def numbers(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numeric entries of summary.json by the names optimize_metric takes: key, or key.nested_key."""
+    flat: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{sub}": v for sub, v in tracking.flatten(value).items()})
+        else:
+            flat[key] = value
+    return {
+        k: v
+        for k, v in flat.items()
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
