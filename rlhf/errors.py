@@ -100,6 +100,20 @@ def install_hydra_reporter() -> None:
 
     hydra_utils.run_and_report = run_and_report
 
+    # Hydra also writes "Error executing job with overrides: [...]" above any job's error; for bad input
+    # the one line we print says it all
+    from hydra.core.utils import JobReturn, JobStatus
+
+    prop = JobReturn.return_value
+
+    def return_value(self: JobReturn) -> Any:
+        failed = self.status == JobStatus.FAILED and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        if failed and describe(self._return_value) is not None:
+            raise self._return_value
+        return prop.fget(self)
+
+    JobReturn.return_value = property(return_value, prop.fset)
+
 
 def _raiser(ex: Exception) -> Callable[[], Any]:
     def reraise() -> Any:

@@ -9,11 +9,13 @@ and every later run on the same base computes them once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,18 +108,42 @@ def evaluate(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dic
         # the weights stay as they are; the forward pass runs in the precision training used
         mixed_precision_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
     )
-    results = simple_evaluate(
-        model=lm,
-        tasks=list(cfg.tasks),
-        num_fewshot=cfg.num_fewshot,
-        limit=cfg.limit,
-        apply_chat_template=cfg.apply_chat_template,
-        task_manager=task_manager(cfg),
-        log_samples=False,
-        bootstrap_iters=1000,  # only metrics without a closed-form stderr are bootstrapped
-    )
+    with lora_merged(model):
+        results = simple_evaluate(
+            model=lm,
+            tasks=list(cfg.tasks),
+            num_fewshot=cfg.num_fewshot,
+            limit=cfg.limit,
+            apply_chat_template=cfg.apply_chat_template,
+            task_manager=task_manager(cfg),
+            log_samples=False,
+            bootstrap_iters=1000,  # only metrics without a closed-form stderr are bootstrapped
+        )
     model.train(was_training)
     return {"scores": flatten(results["results"]), "stderr": flatten(results["results"], stderr=True)}
+
+
+@contextlib.contextmanager
+def lora_merged(model) -> Iterator[None]:
+    """A LoRA adapter folded into the weights while lm-eval runs, and taken out again afterwards.
+
+    The same function without the adapter's extra matmuls per layer (the tuned model's eval took 1.2x the
+    base model's time unmerged). Not on quantized weights, where merging would round; not for prompt tuning.
+    """
+    from peft import LoraConfig, PeftModel
+
+    mergeable = (
+        isinstance(model, PeftModel)
+        and all(isinstance(c, LoraConfig) for c in model.peft_config.values())
+        and all(p.is_floating_point() for p in model.parameters())
+    )
+    if mergeable:
+        model.merge_adapter()
+    try:
+        yield
+    finally:
+        if mergeable:
+            model.unmerge_adapter()
 
 
 def flatten(results: dict[str, dict[str, Any]], stderr: bool = False) -> dict[str, float]:

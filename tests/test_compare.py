@@ -23,7 +23,8 @@ def sweep(run_rlhf, tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("sweep")
     out = run_rlhf(
         "-m", "model=tiny", "hardware=cpu", "method=lora", "method.lora_r=2,4", "method.max_steps=2",
-        "samples.max_new_tokens=4", f"hydra.sweep.dir={sweep_dir}",
+        "samples.max_new_tokens=4", "eval.limit=2", "eval.tasks=[rlhf_general_mc,rlhf_keyword_completion]",
+        f"hydra.sweep.dir={sweep_dir}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir
@@ -60,6 +61,10 @@ def test_table_matches_each_jobs_summary(sweep, capsys):
         assert float(row["train loss"]) == pytest.approx(summary["loss_end_mean"], rel=1e-3)
         assert row["trainable params"].startswith(f"{summary['trainable_params']:,} (")
         assert float(row["tokens/s"]) == pytest.approx(summary["tokens_per_s"], rel=1e-3)
+        scores = json.loads((sweep / row["run"] / "eval.json").read_text())
+        after, delta = row["rlhf_general_mc/acc"].split()  # "0.5 (+0)": after, then the change from the base
+        assert float(after) == pytest.approx(scores["after"]["rlhf_general_mc/acc"], abs=1e-3)
+        assert float(delta.strip("()")) == pytest.approx(scores["delta"]["rlhf_general_mc/acc"], abs=1e-3)
     assert rows[0]["trainable params"] != rows[1]["trainable params"]  # rank 4 trains twice rank 2's weights
     assert "method.lora_r" in stdout and "1_lora_tiny" in stdout  # the same table on the terminal
 
@@ -68,7 +73,8 @@ def test_plots_are_valid_pngs(sweep, capsys):
     assert compare_main(capsys, str(sweep))[0] == 0
     curves = (sweep / "compare-curves.png").read_bytes()
     assert curves.startswith(PNG_SIGNATURE) and len(curves) > 10_000
-    assert not (sweep / "compare-eval.png").exists()  # eval=none: nothing to plot
+    scores = (sweep / "compare-eval.png").read_bytes()  # each eval metric against method.lora_r
+    assert scores.startswith(PNG_SIGNATURE) and len(scores) > 10_000
     assert "![compare-curves](compare-curves.png)" in (sweep / "compare.md").read_text()
 
 

@@ -157,3 +157,22 @@ def test_a_reward_model_run_is_not_handed_to_lm_eval(run_rlhf, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert not (tmp_path / "rm" / "eval.json").exists()
     assert "eval" not in json.loads((tmp_path / "rm" / "summary.json").read_text())
+
+
+def test_lora_is_merged_only_while_scoring_and_gives_the_same_outputs(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny()
+    tuned = get_peft_model(
+        model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    weights = {n: p.detach().clone() for n, p in tuned.named_parameters()}
+    with torch.no_grad():
+        unmerged = tuned(ids).logits
+        with evaluate.lora_merged(tuned):
+            assert all(m.merged for m in tuned.modules() if hasattr(m, "merged"))
+            torch.testing.assert_close(tuned(ids).logits, unmerged, atol=1e-5, rtol=1e-5)
+    assert not any(m.merged for m in tuned.modules() if hasattr(m, "merged"))
+    for name, p in tuned.named_parameters():
+        torch.testing.assert_close(p, weights[name], atol=1e-6, rtol=1e-6)

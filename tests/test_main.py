@@ -83,7 +83,9 @@ def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
 @pytest.mark.parametrize("method", ["rm", "dpo", "grpo", "ppo"])
 def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, method):
     run_dir = tmp_path / method
-    out = run_rlhf("model=tiny", f"method={method}", "method.max_steps=2", f"hydra.run.dir={run_dir}")
+    out = run_rlhf(
+        "model=tiny", f"method={method}", "method.max_steps=2", "eval.limit=2", f"hydra.run.dir={run_dir}"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == method and summary["steps"] == 2
@@ -109,13 +111,15 @@ def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, meth
 
 def test_three_stages_chain_sft_rm_ppo(run_rlhf, tmp_path):
     """sft -> rm -> ppo, each stage reading the previous one's output directory (README: three stages)."""
-    sft = run_rlhf("model=tiny", "method=sft", "method.max_steps=2", f"hydra.run.dir={tmp_path}/sft")
+    sft = run_rlhf(
+        "model=tiny", "method=sft", "method.max_steps=2", "eval=none", f"hydra.run.dir={tmp_path}/sft"
+    )
     assert sft.returncode == 0, sft.stderr[-2000:]
     policy = f"model.source=pretrained model.path={tmp_path}/sft/model".split()
     rm = run_rlhf("model=tiny", *policy, "method=rm", "method.max_steps=2", f"hydra.run.dir={tmp_path}/rm")
     assert rm.returncode == 0, rm.stderr[-2000:]
     ppo = run_rlhf(
-        "model=tiny", *policy, "method=ppo", "method.max_steps=2", "reward=mix",
+        "model=tiny", *policy, "method=ppo", "method.max_steps=2", "reward=mix", "eval=none",
         f"reward.model_path={tmp_path}/rm/model", f"hydra.run.dir={tmp_path}/ppo",
     )  # fmt: skip
     assert ppo.returncode == 0, ppo.stderr[-2000:]
@@ -133,7 +137,8 @@ def test_ppo_under_accelerate_launch_with_two_processes(cache_dir, tmp_path):
 
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
     accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    args = ["-m", "rlhf", "model=tiny", "method=ppo", "method.max_steps=2", f"hydra.run.dir={tmp_path}/run"]
+    args = ["-m", "rlhf", "model=tiny", "method=ppo", "method.max_steps=2", "eval.limit=2"]
+    args += [f"hydra.run.dir={tmp_path}/run"]
     env = {**os.environ, "RLHF_CACHE_DIR": str(cache_dir)}
     out = subprocess.run([*accelerate, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -142,3 +147,6 @@ def test_ppo_under_accelerate_launch_with_two_processes(cache_dir, tmp_path):
     assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
     assert out.stdout.count("saved to") == 1
     assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs to wandb
+    # only rank 0 evaluates: one eval.json, one "Evaluating the tuned model" line
+    assert (tmp_path / "run" / "eval.json").is_file() and not (tmp_path / "run" / "eval-2.json").exists()
+    assert out.stdout.count("Evaluating the tuned model") == 1
