@@ -298,15 +298,23 @@ def settings(argv: list[str]) -> tuple[Path, DictConfig]:
         raise UserError(f"{other[0]}: only eval.*, hardware.* and cache_dir can change here; fix: {USAGE}")
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     register_schemas()
+    hardware = [o for o in overrides if o.lstrip("+~").startswith("hardware")]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         # the run's own eval settings unless the command line names others (a run with eval=none gets quick)
         chosen = any(o.startswith("eval") for o in overrides) or cfg.eval.name == "none"
         given = compose("config", overrides=[f"model={cfg.model.name}", *overrides])
+        profile = given.hardware if hardware else cfg.hardware
+        if profile.name == "auto":
+            # as the run resolved it: the profile this machine gets, with the run's and these hardware.* keys
+            from rlhf.hardware import detect
+
+            ran = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+            keys = [o for o in [*ran, *hardware] if o.lstrip("+~").startswith("hardware.")]
+            profile = compose("config", overrides=[f"hardware={detect()}", *keys]).hardware
     OmegaConf.set_struct(cfg, False)
     cfg.eval = given.eval if chosen else cfg.eval
     cfg.cache_dir = given.cache_dir
-    if any(o.startswith("hardware") for o in overrides):
-        cfg.hardware = given.hardware
+    cfg.hardware = profile
     validate(cfg)
     if cfg.method.name == "rm" or not cfg.eval.tasks:
         raise UserError(

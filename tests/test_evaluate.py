@@ -25,7 +25,7 @@ QUICK_TASKS = [
 def eval_run(run_rlhf, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("eval") / "lora"
     out = run_rlhf(
-        "model=tiny", "hardware=cpu", "method=lora", "method.max_steps=2", "eval=quick", "eval.limit=3",
+        "model=tiny", "method=lora", "method.max_steps=2", "eval=quick", "eval.limit=3",  # hardware=auto
         "export.merge=true", f"hydra.run.dir={run_dir}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
