@@ -24,8 +24,7 @@ def main(cfg: DictConfig) -> float | None:
     started, run_dir = time.time(), Path(HydraConfig.get().runtime.output_dir)
     with discard_run_on_bad_input(run_dir):
         validate(cfg)  # every config error at once, before torch is even imported
-        from rlhf import data, evaluate, hardware, models, rewards
-        from rlhf import report as out
+        from rlhf import data
         from rlhf.methods import Inputs, get
 
         method = get(cfg.method.name)
@@ -35,6 +34,9 @@ def main(cfg: DictConfig) -> float | None:
             if cfg.data.eval_path
             else None
         )
+        from rlhf import evaluate, hardware, models, rewards  # torch, transformers: after the cheap checks
+        from rlhf import report as out
+
         hw = hardware.resolve(cfg.hardware)  # auto -> a concrete profile; a CUDA profile needs CUDA
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models

@@ -65,6 +65,10 @@ def test_table_matches_each_jobs_summary(sweep, capsys):
         after, delta = row["rlhf_general_mc/acc"].split()  # "0.5 (+0)": after, then the change from the base
         assert float(after) == pytest.approx(scores["after"]["rlhf_general_mc/acc"], abs=1e-3)
         assert float(delta.strip("()")) == pytest.approx(scores["delta"]["rlhf_general_mc/acc"], abs=1e-3)
+    # the base model is scored once for the sweep: the second job reads the first job's base scores
+    first, second = (json.loads((sweep / r["run"] / "eval.json").read_text()) for r in rows)
+    assert second["base_from_cache"] is True
+    assert first["before"] == second["before"]
     assert rows[0]["trainable params"] != rows[1]["trainable params"]  # rank 4 trains twice rank 2's weights
     assert "method.lora_r" in stdout and "1_lora_tiny" in stdout  # the same table on the terminal
 
