@@ -66,29 +66,20 @@ def _hub_datasets(manager, name: str) -> set[str]:
 
 
 def _check_dataset(task: str, path: str) -> None:
-    import os
-    import socket
-    from urllib.parse import urlparse
+    from huggingface_hub import scan_cache_dir
 
-    from huggingface_hub import constants, scan_cache_dir
+    from rlhf.models import hub_host, hub_reachable
 
     try:
         cached = any(r.repo_id == path and r.repo_type == "dataset" for r in scan_cache_dir().repos)
     except Exception:  # no cache directory yet
         cached = False
-    if cached:
-        return
-    host = urlparse(constants.ENDPOINT).hostname
-    try:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-            raise OSError
-        socket.create_connection((host, 443), timeout=5).close()
-    except OSError:
+    if not cached and (os.environ.get("HF_DATASETS_OFFLINE") == "1" or not hub_reachable()):
         raise UserError(
             f"eval.tasks: {task} needs the data set {path}, which is not in the local Hugging Face cache, and "
-            f"{host} cannot be reached (offline); fix: run once with network access, or use eval=quick "
+            f"{hub_host()} cannot be reached (offline); fix: run once with network access, or use eval=quick "
             "(offline tasks) or eval=none"
-        ) from None
+        )
 
 
 def evaluate(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[str, float]]:
