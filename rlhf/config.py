@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from rlhf.errors import ConfigError
 from rlhf.tracking import has_api_key
@@ -223,7 +223,17 @@ METHOD_SCHEMAS = {
 }
 
 
+def if_path(path: str, when: str, value: int) -> int:
+    """`${rlhf.if_path:${.path},instructions,80}`: value when data.path is `when`, else 0 (for max_samples).
+
+    The shipped instruction set trains on its first rows by default; a user's own file (data.path=...) on
+    every row.
+    """
+    return value if path == when else 0
+
+
 def register_schemas() -> None:
+    OmegaConf.register_new_resolver("rlhf.if_path", if_path, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=RootConfig)
     for group, node in [

@@ -15,7 +15,7 @@ SFT = ("alpaca", "chat", "question_decomposition")
 def test_shipped_sets_have_the_promised_size_and_format(make_cfg):
     sizes = {}
     for name in ("instructions", "question-decomposition", "chat"):
-        loaded = data.load(make_cfg(f"data={name}").data, SFT, "lora")
+        loaded = data.load(make_cfg(f"data={name}", "data.max_samples=0").data, SFT, "lora")
         sizes[name] = (loaded.format, len(loaded.rows))
     assert sizes["instructions"][0] == "alpaca" and sizes["instructions"][1] >= 200
     assert (
@@ -104,3 +104,12 @@ def test_max_samples_and_sample_prompts(make_cfg):
     # sample prompts are wrapped exactly like training prompts of the format
     assert prompts[0][0]["content"].startswith("Break this question into simpler sub-questions:\n")
     assert len(prompts) == len(cfg.sample_prompts)
+
+
+def test_the_shipped_instruction_set_trains_on_its_first_rows_and_a_users_file_on_all(make_cfg, tmp_path):
+    default = data.load(make_cfg().data, SFT, "lora").rows
+    every = data.load(make_cfg("data.max_samples=0").data, SFT, "lora").rows
+    assert len(default) == 80 and len(every) > 200 and default == every[:80]
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(90)))
+    assert len(data.load(make_cfg(f"data.path={own}").data, SFT, "lora").rows) == 90

@@ -54,6 +54,7 @@ def test_loss_curve_falls_over_a_few_steps(make_cfg, tiny, tmp_path):
         "model=tiny",
         "hardware=cpu",
         "method=sft",
+        "hardware.sft_batch_size=4",
         "method.max_steps=10",
         "method.learning_rate=3e-3",
         "method.warmup_ratio=0",
