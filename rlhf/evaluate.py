@@ -10,6 +10,7 @@ and every later run on the same base computes them once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -27,11 +28,16 @@ TASKS = Path(__file__).resolve().parent / "tasks"  # the eval=quick tasks: lm-ev
 
 
 def task_manager(cfg: DictConfig):
+    # lm-eval's own registry is indexed only when a task outside ours is asked for (17 s on a 2-core CPU)
+    return _task_manager(include_defaults=not all(t.startswith("rlhf_") for t in cfg.tasks))
+
+
+@functools.cache
+def _task_manager(include_defaults: bool):
+    """One index per process: the check, the base model's eval and the tuned model's eval share it."""
     from lm_eval.tasks import TaskManager
 
-    # lm-eval's own registry is indexed only when a task outside ours is asked for (it takes seconds)
-    ours = all(t.startswith("rlhf_") for t in cfg.tasks)
-    return TaskManager(include_path=str(TASKS), include_defaults=not ours)
+    return TaskManager(include_path=str(TASKS), include_defaults=include_defaults)
 
 
 def check(cfg: DictConfig) -> None:
