@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import torch
 
 from rlhf import models
@@ -56,3 +60,17 @@ def test_trainable_parameter_count(tiny):
     model, _ = tiny()
     trainable, total = models.trainable_parameters(model)
     assert trainable == total == sum(p.numel() for p in model.parameters())
+
+
+def test_prepare_puts_the_model_in_the_cache_the_run_reads(make_cfg, tmp_path):
+    """`python -m rlhf.models` (make setup) builds the model where a run then finds it; bad input: one line."""
+    env = {**os.environ, "RLHF_CACHE_DIR": str(tmp_path)}
+    cmd = [sys.executable, "-m", "rlhf.models"]
+    done = subprocess.run([*cmd, "model=tiny"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    ready = models.Path(done.stdout.strip().rsplit(" ", 1)[-1])
+    stamp = (ready / "model.safetensors").stat().st_mtime_ns
+    assert models.local_dir(make_cfg("model=tiny").model, tmp_path) == str(ready)  # found, not rebuilt
+    assert (ready / "model.safetensors").stat().st_mtime_ns == stamp
+    bad = subprocess.run([*cmd, "model=nope"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
