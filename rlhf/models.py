@@ -274,6 +274,9 @@ if __name__ == "__main__":
 
     try:
         prepare(sys.argv[1:])
-    except (UserError, HydraException) as e:
+    except UserError as e:  # its message carries its own fix
+        report([str(e)])
+        sys.exit(2)
+    except HydraException as e:
         report([f"{_first_line(e)}; fix: python -m rlhf --help lists each group's options"])
         sys.exit(2)
