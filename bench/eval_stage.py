@@ -51,6 +51,7 @@ def main() -> None:
     from rlhf import evaluate, hardware, models, runtime
 
     runtime.tune_malloc()
+    runtime.tune_blas()
     runtime.quiet_libraries()
     run = Path(sys.argv[1]) if len(sys.argv) > 1 else default_run()
     run, cfg = evaluate.settings([f"run={run}"])

@@ -56,8 +56,9 @@ def main(cfg: DictConfig) -> float | None:
     # generations for fixed prompts before and after training (a reward model scores, it does not generate)
     prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
     samples = run_dir / "samples.jsonl"
-    if prompts and out.is_main_process():
-        out.write_samples(samples, "before", prompts, out.generate(model, tokenizer, prompts, cfg.samples))
+    if prompts and out.is_main_process():  # greedy: the base model's are cached like its scores
+        before = evaluate.base_samples(cfg.samples, cfg.model, hw, cfg.cache_dir, model, tokenizer, prompts)
+        out.write_samples(samples, "before", prompts, before)
 
     tracker = tracking.start(cfg, run_dir)  # logger=wandb on rank 0: this job's wandb run; else does nothing
     metrics = out.MetricsFile(run_dir / "metrics.jsonl", forward=tracker.log)
@@ -120,6 +121,7 @@ def check_run_dir(argv: list[str]) -> None:
 def cli() -> None:
     """The console script `rlhf` (= python -m rlhf)."""
     runtime.tune_malloc()
+    runtime.tune_blas()
     runtime.quiet_libraries()
     install_hydra_reporter()
     register_schemas()

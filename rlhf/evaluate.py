@@ -3,8 +3,9 @@
 Also `python -m rlhf.evaluate run=<run dir> [eval=... eval.limit=...]`: evaluate a finished run again.
 
 Results are flat `{"<task>/<metric>": value}` dicts. The base model's results are cached on disk per
-(model, precision, tasks and their files, limit, few-shot, chat template, lm-eval version), so a sweep
-and every later run on the same base computes them once.
+(model, precision, tasks and their files, limit, few-shot, chat template, library versions), and so are
+its greedy sample generations, so a sweep and every later run on the same base computes them once.
+`python -m rlhf.models` (make setup) computes both for the default run ahead of it.
 """
 
 from __future__ import annotations
@@ -162,17 +163,31 @@ def base_cache_key(cfg: DictConfig, model_cfg: DictConfig, hw: DictConfig, model
     """Everything that can change the base model's scores, the model's files included."""
     from importlib.metadata import version
 
+    tasks = [p for p in TASKS.rglob("*") if "__pycache__" not in p.parts]
+    return _base_key(
+        model_cfg,
+        hw,
+        model_dir,
+        eval={k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"},
+        tasks=hashlib.sha256(b"".join(p.read_bytes() for p in sorted(tasks) if p.is_file())).hexdigest(),
+        lm_eval=version("lm-eval"),
+    )
+
+
+def _base_key(model_cfg: DictConfig, hw: DictConfig, model_dir: str, **what: Any) -> str:
+    """A key for what the base model computes: its config and files, the hardware profile, and `what`."""
+    from importlib.metadata import version
+
     def fingerprint(files) -> list:
         return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files) if p.is_file()]
 
-    tasks = [p for p in TASKS.rglob("*") if "__pycache__" not in p.parts]
     payload = {
         "model": OmegaConf.to_container(model_cfg, resolve=True),
         "model_files": fingerprint(Path(model_dir).glob("*")) if Path(model_dir).is_dir() else model_dir,
         "hardware": OmegaConf.to_container(hw, resolve=True),
-        "eval": {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "name"},
-        "tasks": hashlib.sha256(b"".join(p.read_bytes() for p in sorted(tasks) if p.is_file())).hexdigest(),
-        "lm_eval": version("lm-eval"),
+        "torch": version("torch"),
+        "transformers": version("transformers"),
+        **what,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -189,9 +204,34 @@ def base_results(cfg: DictConfig, model_cfg: DictConfig, hw: DictConfig, cache_d
     print(f"Evaluating the base model on {', '.join(cfg.tasks)} (once; cached in {file.parent})")
     started = time.time()
     results = evaluate(cfg, model, tokenizer, hardware.precision(hw))
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(results, indent=2) + "\n")
+    _write_atomically(file, results)
     return results, time.time() - started, False
+
+
+def base_samples(
+    settings: DictConfig, model_cfg: DictConfig, hw: DictConfig, cache_dir: str, model, tokenizer, prompts
+) -> list[str]:
+    """The base model's greedy completions of the sample prompts: generated once per base, then cached."""
+    from rlhf import models
+    from rlhf import report as out
+
+    cache = Path(cache_dir).expanduser()
+    settings_dict = OmegaConf.to_container(settings, resolve=True)
+    key = _base_key(model_cfg, hw, models.local_dir(model_cfg, cache), prompts=prompts, samples=settings_dict)
+    file = cache / "samples" / f"{model_cfg.name}-{key}.json"
+    if file.is_file():
+        return json.loads(file.read_text())
+    completions = out.generate(model, tokenizer, prompts, settings)
+    _write_atomically(file, completions)
+    return completions
+
+
+def _write_atomically(file: Path, value: Any) -> None:
+    """Concurrent sweep jobs may write the same entry: each writes its own file, then renames it."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.replace(file)
 
 
 def after_training(
@@ -338,6 +378,7 @@ def cli(argv: list[str] | None = None) -> None:
     from rlhf.errors import EXIT_CODE, describe, report
 
     runtime.tune_malloc()
+    runtime.tune_blas()
     runtime.quiet_libraries()
     argv = sys.argv[1:] if argv is None else argv
     try:

@@ -18,10 +18,13 @@ from rlhf.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve(hw: DictConfig) -> DictConfig:
-    """The profile to run with: `auto` becomes a concrete profile; a CUDA profile needs CUDA."""
+def resolve(hw: DictConfig, overrides: list[str] | None = None) -> DictConfig:
+    """The profile to run with: `auto` becomes a concrete profile; a CUDA profile needs CUDA.
+
+    `overrides`: the command line's, where no Hydra app is running (an app's own are read from Hydra).
+    """
     if hw.name == "auto":
-        hw = _compose_profile(detect(), hw)
+        hw = _compose_profile(detect(), hw, overrides)
     if hw.device == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"hardware={hw.name}: this profile needs a CUDA GPU and none is visible; "
@@ -43,13 +46,14 @@ def detect() -> str:
     return "a100"
 
 
-def _compose_profile(name: str, auto: DictConfig) -> DictConfig:
+def _compose_profile(name: str, auto: DictConfig, overrides: list[str] | None) -> DictConfig:
     """Compose hardware=<name> with the user's hardware.* overrides, as if they had asked for it."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
 
-    overrides = [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").startswith("hardware.")]
-    picked = compose(config_name="config", overrides=[f"hardware={name}", *overrides]).hardware
+    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else overrides or []
+    keys = [o for o in given if o.lstrip("+~").startswith("hardware.")]
+    picked = compose(config_name="config", overrides=[f"hardware={name}", *keys]).hardware
     OmegaConf.set_readonly(picked, OmegaConf.is_readonly(auto))
     return picked
 

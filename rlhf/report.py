@@ -46,18 +46,20 @@ class MetricsFile(TrainerCallback):
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], settings) -> list[str]:
     """Greedy completions for chat prompts, in one left-padded batch (`settings` is cfg.samples)."""
+    from rlhf.evaluate import lora_merged
     from rlhf.models import encode_chat_prompts
 
     batch = encode_chat_prompts(tokenizer, prompts, model.device)
     was_training = model.training
     model.eval()
-    out = model.generate(
-        **batch,
-        max_new_tokens=settings.max_new_tokens,
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
+    with lora_merged(model):  # a LoRA adapter folded in: the same function, fewer matmuls per step
+        out = model.generate(
+            **batch,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     model.train(was_training)
     return tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 

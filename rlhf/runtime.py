@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 import warnings
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
@@ -28,6 +30,28 @@ def tune_malloc() -> None:
         libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**30))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to tune
         return
+
+
+def tune_blas(cpuinfo: Path = Path("/proc/cpuinfo")) -> None:
+    """On an AMD CPU, MKL runs its AVX2 kernels (MKL_CBWR=AVX2), unless MKL_CBWR is already set.
+
+    MKL gives AMD processors a slower code path than the AVX2 kernels they can run. On a 2-core AMD EPYC
+    (AVX2), a LoRA SFT step on SmolLM2-135M took 1.33-1.46 s instead of 1.67 s with it, and a greedy decode
+    step 141-151 ms instead of 220-250 ms at batch 4 (388-401 instead of 465-482 at batch 40). Intel CPUs keep
+    MKL's own choice (AVX-512 where they have it). MKL reads the variable when it starts: call this before
+    the first matmul.
+    """
+    if "MKL_CBWR" in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        first_cpu = cpuinfo.read_text().split("\n\n", 1)[0]
+    except OSError:
+        return
+    flags = next(
+        (line.split(":", 1)[1].split() for line in first_cpu.splitlines() if line.startswith("flags")), []
+    )
+    if "AuthenticAMD" in first_cpu and "avx2" in flags:
+        os.environ["MKL_CBWR"] = "AVX2"
 
 
 def quiet_libraries() -> None:

@@ -17,6 +17,7 @@ from rlhf import runtime
 from rlhf.config import register_schemas
 
 runtime.tune_malloc()  # as the entrypoint does: in-process training tests run faster
+runtime.tune_blas()
 runtime.quiet_libraries()
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -67,6 +67,27 @@ def test_base_scores_are_computed_once_per_base_model(tiny, make_cfg, cache_dir,
     assert key(cfg.eval, cfg.model, cfg.hardware, "d") != key(other.eval, other.model, other.hardware, "d")
 
 
+def test_base_sample_generations_are_generated_once_per_base_model(tiny, make_cfg, monkeypatch):
+    from rlhf import report
+
+    cfg = make_cfg("model=tiny", "hardware=cpu", "samples.max_new_tokens=4")
+    model, tokenizer = tiny()
+    prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
+    first = evaluate.base_samples(
+        cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts
+    )
+    assert first == report.generate(model, tokenizer, prompts, cfg.samples)
+    monkeypatch.setattr(report, "generate", lambda *a, **k: pytest.fail("the cached base generated again"))
+    again = evaluate.base_samples(
+        cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts
+    )
+    assert again == first
+    with pytest.raises(pytest.fail.Exception):  # other prompts are other generations
+        evaluate.base_samples(
+            cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts[:1]
+        )
+
+
 def test_the_tuned_model_is_scored_in_memory_with_its_adapter(tiny, make_cfg, tmp_path, monkeypatch):
     from lm_eval.models import huggingface
     from peft import LoraConfig, get_peft_model

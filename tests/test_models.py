@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -62,15 +64,27 @@ def test_trainable_parameter_count(tiny):
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
-def test_prepare_puts_the_model_in_the_cache_the_run_reads(make_cfg, tmp_path):
-    """`python -m rlhf.models` (make setup) builds the model where a run then finds it; bad input: one line."""
+def test_prepare_caches_what_the_run_computes_about_its_base(make_cfg, run_rlhf, tmp_path):
+    """`python -m rlhf.models` (make setup): the model, its base scores and its base sample generations
+    land where a run with the same settings reads them; bad input: one line."""
     env = {**os.environ, "RLHF_CACHE_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "rlhf.models"]
-    done = subprocess.run([*cmd, "model=tiny"], capture_output=True, text=True, env=env, timeout=300)
+    settings = ["model=tiny", "hardware=cpu", "eval.tasks=[rlhf_general_mc]", "eval.limit=2"]
+    done = subprocess.run([*cmd, *settings], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    ready = models.Path(done.stdout.strip().rsplit(" ", 1)[-1])
+    ready = models.Path(re.search(r"ready in (\S+)", done.stdout).group(1))
     stamp = (ready / "model.safetensors").stat().st_mtime_ns
     assert models.local_dir(make_cfg("model=tiny").model, tmp_path) == str(ready)  # found, not rebuilt
     assert (ready / "model.safetensors").stat().st_mtime_ns == stamp
+    # the run reads the cached samples (marked here) and the cached scores instead of computing them
+    (cached_samples,) = (tmp_path / "samples").glob("tiny-*.json")
+    marked = [f"cached {i}" for i, _ in enumerate(json.loads(cached_samples.read_text()))]
+    cached_samples.write_text(json.dumps(marked))
+    run_dir = tmp_path / "run"
+    out = run_rlhf(*settings, "method.max_steps=1", "logger=none", f"hydra.run.dir={run_dir}", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((run_dir / "eval.json").read_text())["base_from_cache"] is True
+    rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["completion"] for r in rows if r["stage"] == "before"] == marked
     bad = subprocess.run([*cmd, "model=nope"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -77,3 +77,30 @@ def test_qlora_trains_every_adapter_tensor_on_cpu_even_after_generation(make_cfg
     # passes through them afterwards, and after one step the lower layers' lora_B (all 0 at the start) stay 0
     untrained = [n for n, p in adapter.items() if "lora_B" in n and p.abs().sum() == 0]
     assert not untrained, untrained
+
+
+def test_sample_generations_run_merged_and_leave_the_adapter_as_it_was(make_cfg, tiny, tmp_path, monkeypatch):
+    import contextlib
+
+    from rlhf import evaluate
+
+    cfg, result, _ = run_lora(make_cfg, tiny, tmp_path, "samples.max_new_tokens=6")
+    _, tokenizer = tiny()
+    weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour."}]]
+    seen, original = [], evaluate.lora_merged
+
+    @contextlib.contextmanager
+    def spy(model):  # the adapter is folded in while the samples generate
+        with original(model):
+            seen.append([m.merged for m in model.modules() if hasattr(m, "merged")])
+            yield
+
+    monkeypatch.setattr(evaluate, "lora_merged", spy)
+    merged = report.generate(result.model, tokenizer, prompts, cfg.samples)
+    assert len(seen) == 1 and seen[0] and all(seen[0])
+    assert not any(getattr(m, "merged", False) for m in result.model.modules())
+    for name, p in result.model.named_parameters():  # unmerging subtracts what merging added: fp32 rounding
+        torch.testing.assert_close(p, weights[name], atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(evaluate, "lora_merged", lambda model: contextlib.nullcontext())
+    assert report.generate(result.model, tokenizer, prompts, cfg.samples) == merged
