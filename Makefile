@@ -43,8 +43,9 @@ format: $(STAMP) ## ruff format + autofix
 	$(VENV)/bin/ruff format rlhf tests bench scripts
 	$(VENV)/bin/ruff check --fix rlhf tests bench scripts
 
-bench: $(STAMP) ## benchmark scripts: config speed, LoRA tokens/s vs matmul peak, default run wall time
+bench: $(STAMP) ## benchmark scripts: config speed, MKL's code paths, LoRA tokens/s vs matmul peak, default run wall time
 	$(PY) bench/config_speed.py
+	$(PY) bench/mkl_dispatch.py
 	$(PY) bench/lora_throughput.py
 	$(PY) bench/default_run.py
 
