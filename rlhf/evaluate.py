@@ -216,8 +216,8 @@ def base_samples(
     from rlhf import report as out
 
     cache = Path(cache_dir).expanduser()
-    settings_dict = OmegaConf.to_container(settings, resolve=True)
-    key = _base_key(model_cfg, hw, models.local_dir(model_cfg, cache), prompts=prompts, samples=settings_dict)
+    samples = OmegaConf.to_container(settings, resolve=True)
+    key = _base_key(model_cfg, hw, models.local_dir(model_cfg, cache), prompts=prompts, samples=samples)
     file = cache / "samples" / f"{model_cfg.name}-{key}.json"
     if file.is_file():
         return json.loads(file.read_text())

@@ -279,7 +279,7 @@ def prepare(argv: list[str]) -> None:
         evaluate.check(cfg.eval)
     model, tokenizer = load(cfg.model, hw, cfg.cache_dir)
     if cfg.eval.tasks:
-        scores, _, _ = evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
+        evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
         print(f"model={cfg.model.name}: base scores on eval={cfg.eval.name} cached in {cache / 'eval'}")
     if prompts:
         evaluate.base_samples(cfg.samples, cfg.model, hw, cfg.cache_dir, model, tokenizer, prompts)
