@@ -44,29 +44,30 @@ def cli(model_args: str, cfg, out: Path) -> tuple[float, dict[str, float]]:
     subprocess.run(command, cwd=out.parent, check=True, capture_output=True)
     seconds = time.perf_counter() - start
     results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
-    return seconds, evaluate.flatten(results)
+    return seconds, evaluate.flatten_results(results)
 
 
 def main() -> None:
     from rlhf import evaluate, hardware, models, runtime
+    from rlhf.evaluate.__main__ import load_tuned, settings
+    from rlhf.evaluate.tables import print_eval_table
+    from rlhf.models.sources import local_dir
 
-    runtime.tune_malloc()
-    runtime.tune_blas()
-    runtime.quiet_libraries()
+    runtime.startup()
     run = Path(sys.argv[1]) if len(sys.argv) > 1 else default_run()
-    run, cfg = evaluate.settings([f"run={run}"])
+    run, cfg = settings([f"run={run}"])
     hw = hardware.resolve(cfg.hardware)
-    precision = hardware.precision(hw)
+    precision = hw.precision
     base, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
-    tuned = evaluate.load_tuned(run, base, cfg, hw)
+    tuned = load_tuned(run, base, cfg, hw)
 
     start = time.perf_counter()
-    in_memory = evaluate.evaluate(cfg.eval, tuned, tokenizer, precision)["scores"]
+    in_memory = evaluate.score(cfg.eval, tuned, tokenizer, precision)["scores"]
     memory_s = time.perf_counter() - start
 
     work = Path(tempfile.mkdtemp(prefix="rlhf-eval-cli-"))
     autocast = ",mixed_precision_dtype=bfloat16" if precision == "bf16" else ""  # as the stage computes
-    base_dir = models.local_dir(cfg.model, Path(cfg.cache_dir).expanduser())
+    base_dir = local_dir(cfg.model, Path(cfg.cache_dir).expanduser())
     start = time.perf_counter()
     models.save(tuned, tokenizer, work / "adapter")
     save_s = time.perf_counter() - start
@@ -93,7 +94,7 @@ def main() -> None:
             f"{key:<44} {value:>9.3f} {adapter.get(key, float('nan')):>9.3f} {merged.get(key, float('nan')):>10.3f}"
         )
     result = json.loads((run / "eval.json").read_text())
-    evaluate.print_table(result)
+    print_eval_table(result)
 
 
 if __name__ == "__main__":

@@ -17,14 +17,15 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlhf import data, hardware, models, report  # noqa: E402
-from rlhf.config import register_schemas  # noqa: E402
-from rlhf.methods import Inputs, lora  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from rlhf import config, data, hardware, models, runtime  # noqa: E402
+from rlhf.methods import Inputs, RunInfo, lora  # noqa: E402
+from rlhf.metrics import MetricsFile  # noqa: E402
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
@@ -37,33 +38,29 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
 
 
 def lora_tokens_per_s(precision: str, steps: int) -> tuple[float, int]:
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=[
-                "hardware=cpu",
-                f"hardware.precision={precision}",
-                f"method.max_steps={steps}",
-                "method.warmup_ratio=0",
-            ],
-        )
-    model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir)
+    cfg = config.compose(
+        [
+            "hardware=cpu",
+            f"hardware.precision={precision}",
+            f"method.max_steps={steps}",
+            "method.warmup_ratio=0",
+        ]
+    )
+    hw = hardware.resolve(cfg.hardware)
+    model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
     params = sum(p.numel() for p in model.parameters())
     rows = data.load(cfg.data, lora.DATA_FORMATS, "lora").rows
-    log = report.MetricsFile(Path(tempfile.mkdtemp()) / "metrics.jsonl")
-    args = {
-        **hardware.trainer_args(cfg.hardware),
-        **report.trainer_io(Path(tempfile.mkdtemp()), cfg.seed),
-        "disable_tqdm": True,
-    }
-    result = lora.train(Inputs(model, tokenizer, rows, cfg.method, args, [log]))
+    log = MetricsFile(Path(tempfile.mkdtemp()) / "metrics.jsonl")
+    run = RunInfo(dir=Path(tempfile.mkdtemp()), seed=cfg.seed)
+    inputs = Inputs(model, tokenizer, rows, OmegaConf.to_object(cfg.method), hw, run, log)
+    result = lora.train(inputs)
     tokens = max(r.get("num_tokens", 0) for r in log.rows)
     return tokens / result.metrics["train_runtime"], params
 
 
 def main() -> None:
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 8
-    register_schemas()
+    runtime.startup()  # as every entrypoint: malloc and BLAS tuning, so the figures are a run's
     torch.manual_seed(0)
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print(

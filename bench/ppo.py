@@ -16,7 +16,12 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = re.compile(r"\b(happy|glad|good|great|smile|joy|love)\b", re.IGNORECASE)
+sys.path.insert(0, str(ROOT))
+
+from rlhf.schema import RewardConfig  # noqa: E402
+
+# the keyword reward's words (seed 000's list), read from their one home
+WORDS = re.compile(r"\b(" + "|".join(map(re.escape, RewardConfig().words)) + r")\b", re.IGNORECASE)
 QUERIES = ["I feel so", "This makes me", "I am really"]
 RUNS = {
     "ppo": ["experiment=ppo-positive"],

@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf.config import looks_local
 from rlhf.errors import UserError
+from rlhf.hub import looks_local
 
 SHIPPED = Path(__file__).parent / "datasets"
 # the keys that identify each format, checked in this order when data.format=auto
@@ -32,6 +32,7 @@ SIGNATURES = [
     ("prompts", {"query"}),
 ]
 ROLES = {"system", "user", "assistant"}
+FORMATS = tuple(sorted({fmt for fmt, _ in SIGNATURES}))  # what data.format takes besides auto
 
 
 @dataclass

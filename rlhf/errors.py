@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,35 @@ class ConfigError(UserError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class Problems:
+    """Collects config problems, each as `key=value: rule; fix: what to do`, to raise them all at once."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def check(self, ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
+        if not ok:
+            self.lines.append(f"{key}={show(value)}: {rule}; fix: {fix}")
+
+    def positive(self, key: str, value: float, example: str) -> None:
+        self.check(value > 0, key, value, "must be positive", f"use e.g. {key.split('.')[-1]}={example}")
+
+    def one_of(self, key: str, value: Any, choices: Iterable[str]) -> None:
+        choices = list(choices)
+        self.check(value in choices, key, value, "unknown value", f"choose one of: {', '.join(choices)}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(self.lines)
+
+
+def show(value: Any) -> str:
+    """A value as the user would write it on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "''" if value == "" else str(value)
 
 
 def describe(ex: BaseException) -> list[str] | None:
@@ -72,7 +101,8 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-def report(problems: list[str]) -> None:
+def print_errors(problems: list[str]) -> None:
+    """Each problem as one `error: ...` line on stderr."""
     for line in problems:
         print(f"error: {line}", file=sys.stderr)
 
@@ -95,7 +125,7 @@ def install_hydra_reporter() -> None:
             problems = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else describe(ex)
             if problems is None:
                 return original(_raiser(ex))
-            report(problems)
+            print_errors(problems)
             sys.exit(EXIT_CODE)
 
     hydra_utils.run_and_report = run_and_report
@@ -122,19 +152,21 @@ def _raiser(ex: Exception) -> Callable[[], Any]:
     return reraise
 
 
-HYDRA_START_FILES = {".hydra", "__main__.log"}
+HYDRA_START_FILES = {".hydra", "rlhf.log"}
+# what a run writes before and while its trainer starts: a run stopped by bad input leaves none of it
+RUN_START_FILES = HYDRA_START_FILES | {"samples.jsonl", "metrics.jsonl", "wandb"}
 
 
 @contextlib.contextmanager
 def discard_run_on_bad_input(run_dir: Path) -> Iterator[None]:
-    """On bad input, remove the run directory if it holds only what Hydra wrote at start-up.
+    """On bad input, remove the run directory if it holds only what a run writes before training.
 
-    Nothing that looks like a run stays behind. The directory was new when the run began (`cli` refuses a
-    non-empty hydra.run.dir), so nothing the user wrote is in it; anything beyond Hydra's files is kept.
+    Nothing that looks like a run stays behind. The directory was new when the run began (the entrypoint
+    refuses a non-empty hydra.run.dir), so nothing the user wrote is in it; anything else is kept.
     """
     try:
         yield
     except UserError:
-        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= HYDRA_START_FILES:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= RUN_START_FILES:
             shutil.rmtree(run_dir)
         raise

@@ -1,40 +1,45 @@
-"""Hardware profile -> the exact arguments the trainers receive, and `auto` detection.
+"""Hardware profiles: the resolved profile a run trains with, and which profile this machine gets.
 
 A profile sets every precision, quantization, batch, accumulation, checkpointing, optimizer and
-sequence-length argument itself: TRL's configs default to bf16=True and gradient checkpointing on, even on a
-CPU, so nothing may be left to their defaults.
+sequence-length argument itself (rlhf.methods._common.trainer_args turns it into trainer arguments): TRL's
+configs default to bf16=True and gradient checkpointing on, even on a CPU, so nothing is left to them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf.errors import UserError
+from rlhf.schema import HardwareConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+def resolve(node: DictConfig) -> HardwareConfig:
+    """The profile to run with, as a typed object whose precision is concrete (fp32 / bf16 / fp16).
 
-def resolve(hw: DictConfig, overrides: list[str] | None = None) -> DictConfig:
-    """The profile to run with: `auto` becomes a concrete profile; a CUDA profile needs CUDA.
-
-    `overrides`: the command line's, where no Hydra app is running (an app's own are read from Hydra).
+    `node` is a concrete profile (rlhf.config.resolve_hardware picks one for hardware=auto); a CUDA
+    profile needs CUDA.
     """
-    if hw.name == "auto":
-        hw = _compose_profile(detect(), hw, overrides)
-    if hw.device == "cuda" and not torch.cuda.is_available():
+    import torch
+
+    if isinstance(node, DictConfig):  # a composed node, or one read back from a run's .hydra/config.yaml
+        node = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
+    profile = node
+    if profile.device == "cuda" and not torch.cuda.is_available():
         raise UserError(
-            f"hardware={hw.name}: this profile needs a CUDA GPU and none is visible; "
+            f"hardware={profile.name}: this profile needs a CUDA GPU and none is visible; "
             "fix: use hardware=cpu or hardware=auto"
         )
-    return hw
+    return dataclasses.replace(profile, precision=concrete_precision(profile))
 
 
 def detect() -> str:
     """The profile that matches this machine's first GPU, or cpu."""
+    import torch
+
     if not torch.cuda.is_available():
         return "cpu"
     props = torch.cuda.get_device_properties(0)
@@ -46,26 +51,10 @@ def detect() -> str:
     return "a100"
 
 
-def _compose_profile(name: str, auto: DictConfig, overrides: list[str] | None) -> DictConfig:
-    """Compose hardware=<name> with the user's hardware.* overrides, as if they had asked for it."""
-    from hydra import compose
-    from hydra.core.hydra_config import HydraConfig
-
-    given = HydraConfig.get().overrides.task if HydraConfig.initialized() else overrides or []
-    keys = [o for o in given if o.lstrip("+~").startswith("hardware.")]
-    picked = compose(config_name="config", overrides=[f"hardware={name}", *keys]).hardware
-    OmegaConf.set_readonly(picked, OmegaConf.is_readonly(auto))
-    return picked
-
-
-def device(hw: DictConfig) -> str:
-    if hw.device == "cpu":
-        return "cpu"
-    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-
-
-def precision(hw: DictConfig) -> str:
+def concrete_precision(hw: Any) -> str:
     """fp32 / bf16 / fp16; `auto` is bf16 where the device computes it natively, else fp32."""
+    import torch
+
     if hw.precision != "auto":
         return hw.precision
     if hw.device == "cpu":
@@ -73,28 +62,20 @@ def precision(hw: DictConfig) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def trainer_args(hw: DictConfig, kind: str = "sft") -> dict[str, Any]:
-    """TrainingArguments fields owned by the profile. `kind` is sft (sft / lora / prompt tuning) or pref."""
-    amp = precision(hw)
-    checkpointing = hw.gradient_checkpointing
-    return {
-        "use_cpu": hw.device == "cpu",
-        "bf16": amp == "bf16",
-        "fp16": amp == "fp16",
-        "tf32": hw.tf32 if hw.device == "cuda" else None,
-        "per_device_train_batch_size": hw[f"{kind}_batch_size"],
-        "gradient_accumulation_steps": hw[f"{kind}_grad_accum"],
-        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True: set both
-        "activation_checkpointing": checkpointing,
-        "gradient_checkpointing": checkpointing,
-        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
-        "optim": hw.optim,
-        "max_length": hw.max_seq_length,
-        "dataloader_num_workers": hw.dataloader_num_workers,
-    }
+def dtype(name: str):
+    """float32 / bfloat16 / float16 -> the torch dtype."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def quantization(hw: DictConfig, params_b: float):
+def device(hw: Any) -> str:
+    if hw.device == "cpu":
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
+def quantization(hw: Any, params_b: float):
     """A BitsAndBytesConfig when the profile quantizes a model of this size, else None."""
     if not hw.load_in_4bit or params_b < hw.quantize_min_params_b:
         return None
@@ -104,5 +85,5 @@ def quantization(hw: DictConfig, params_b: float):
         load_in_4bit=True,
         bnb_4bit_quant_type=hw.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=hw.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=DTYPES[hw.bnb_4bit_compute_dtype],
+        bnb_4bit_compute_dtype=dtype(hw.bnb_4bit_compute_dtype),
     )

@@ -13,6 +13,18 @@ from pathlib import Path
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 
 
+def startup() -> None:
+    """What every entrypoint does first: memory and BLAS tuning, quiet libraries."""
+    tune_malloc()
+    tune_blas()
+    quiet_libraries()
+
+
+def is_main_process() -> bool:
+    """Rank 0 under `accelerate launch` / torchrun; the only process in a plain run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def tune_malloc() -> None:
     """Keep freed memory in the process instead of handing it back to the OS after every step.
 

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 
 from rlhf import tracking
-from rlhf.errors import EXIT_CODE, UserError, describe, report
+from rlhf.errors import EXIT_CODE, UserError, describe, print_errors
 
 FAILED = "failed.json"
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def keep_going(main: Callable[[Any], float | None]) -> Callable[[Any], float | N
             if isinstance(ex, UserError):
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                report(describe(ex))
+                print_errors(describe(ex))
                 sys.exit(EXIT_CODE)  # SystemExit passes through Hydra's launcher: the sweep stops here
             record_failure(Path(hc.runtime.output_dir), ex, list(hc.overrides.task))
             return math.nan
@@ -99,7 +99,7 @@ def numbers(summary: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in summary.items():
         if isinstance(value, dict):
-            flat.update({f"{key}.{sub}": v for sub, v in tracking.flatten(value).items()})
+            flat.update({f"{key}.{sub}": v for sub, v in tracking.flatten_nested(value).items()})
         else:
             flat[key] = value
     return {

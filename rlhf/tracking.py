@@ -4,8 +4,8 @@ The run is offline unless an API key is configured (WANDB_API_KEY, or a netrc en
 `logger.mode=online`; `wandb sync <dir>` uploads an offline run later. Only rank 0 calls `start`, and wandb
 is imported there: `logger=none`, `--cfg job` and the other ranks never import it.
 
-Metrics take one path for every method: `report.MetricsFile` (the trainer callback that writes
-metrics.jsonl, and that our PPO loop calls itself) forwards each row to `Tracker.log`, so wandb holds exactly
+Metrics take one path for every method: `metrics.MetricsFile` (the sink that writes metrics.jsonl,
+fed by TRL's trainers through a callback and by our PPO loop directly) forwards each row to `Tracker.log`, so wandb holds exactly
 the rows of metrics.jsonl, at the same steps, for TRL's trainers and our PPO alike. The trainers keep
 `report_to=[]`: transformers' WandbCallback would log the same values again under other names (train/...),
 for the TRL methods only, and add every TrainingArguments field to the run's config.
@@ -64,12 +64,12 @@ def public_config(node: Any) -> Any:
     return clean(node)
 
 
-def flatten(summary: dict[str, Any], sep: str = "/") -> dict[str, Any]:
+def flatten_nested(summary: dict[str, Any], sep: str = "/") -> dict[str, Any]:
     """{"eval": {"task/acc": 0.5}} -> {"eval/task/acc": 0.5}; None values are left out."""
     flat: dict[str, Any] = {}
     for key, value in summary.items():
         if isinstance(value, dict):
-            flat.update({f"{key}{sep}{k}": v for k, v in flatten(value, sep).items()})
+            flat.update({f"{key}{sep}{k}": v for k, v in flatten_nested(value, sep).items()})
         elif value is not None:
             flat[key] = value
     return flat
@@ -83,7 +83,7 @@ def run_name(cfg, overrides: list[str]) -> str:
 
 def start(cfg, run_dir: Path) -> Tracker:
     """The job's wandb run on rank 0 with logger=wandb; otherwise a Tracker that does nothing."""
-    from rlhf.report import is_main_process
+    from rlhf.runtime import is_main_process
 
     if cfg.logger.name != "wandb" or not is_main_process():
         return Tracker(None)
@@ -117,7 +117,7 @@ class Tracker:
         self.run = run
 
     def log(self, row: dict[str, Any]) -> None:
-        """One row of metrics.jsonl, at its trainer step (report.MetricsFile forwards each row here)."""
+        """One row of metrics.jsonl, at its trainer step (metrics.MetricsFile forwards each row here)."""
         if self.run is not None:
             self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
@@ -128,7 +128,7 @@ class Tracker:
         """
         if self.run is None:
             return
-        self.run.summary.update(flatten(summary))
+        self.run.summary.update(flatten_nested(summary))
         offline = self.run.settings.mode == "offline"
         where = self.run.settings.sync_dir if offline else self.run.url
         self.run.finish()

@@ -13,12 +13,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from rlhf import runtime
-from rlhf.config import register_schemas
+from rlhf import config, runtime
 
-runtime.tune_malloc()  # as the entrypoint does: in-process training tests run faster
-runtime.tune_blas()
-runtime.quiet_libraries()
+runtime.startup()  # as every entrypoint does: in-process training tests run faster
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -32,7 +29,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def make_cfg(cache_dir):
     """make_cfg(*overrides) -> the composed root config, exactly as `python -m rlhf` would see it."""
-    register_schemas()
+    config.register()
 
     def make(*overrides: str):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -44,11 +41,11 @@ def make_cfg(cache_dir):
 @pytest.fixture(scope="session")
 def tiny(make_cfg):
     """(model, tokenizer) factory for the tiny Llama on the cpu profile: a fresh model each call."""
-    from rlhf import models
+    from rlhf import hardware, models
 
     def load(*overrides: str):
         cfg = make_cfg("model=tiny", "hardware=cpu", *overrides)
-        return models.load(cfg.model, cfg.hardware, cfg.cache_dir)
+        return models.load(cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir)
 
     return load
 
@@ -78,13 +75,30 @@ def run_rlhf(cache_dir):
     return run
 
 
-def trainer_args(cfg, run_dir: Path, **extra) -> dict:
-    """The arguments the entrypoint hands a method, for in-process method tests."""
-    from rlhf import hardware, report
+class Rows:
+    """A metrics sink that keeps the rows in memory (what rlhf.metrics.MetricsFile also writes to a file)."""
 
-    return {
-        **hardware.trainer_args(cfg.hardware),
-        **report.trainer_io(run_dir, cfg.seed),
-        "disable_tqdm": True,
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def write(self, step: int, epoch: float, values: dict) -> None:
+        self.rows.append({"step": step, "epoch": epoch, **values})
+
+
+def make_inputs(cfg, model, tokenizer, rows, run_dir: Path, metrics=None, **extra):
+    """The typed inputs the training stage hands a method, for in-process method tests (hardware=cpu)."""
+    from omegaconf import OmegaConf
+
+    from rlhf import hardware
+    from rlhf.methods import Inputs, RunInfo
+
+    return Inputs(
+        model=model,
+        tokenizer=tokenizer,
+        rows=rows,
+        config=OmegaConf.to_object(cfg.method),
+        hardware=hardware.resolve(cfg.hardware),
+        run=RunInfo(dir=Path(run_dir), seed=cfg.seed),
+        metrics=metrics if metrics is not None else Rows(),
         **extra,
-    }
+    )

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf import compare
-from tests.conftest import CONF, ROOT
+from rlhf import cli, compare
+from rlhf.compare import __main__ as command
+from tests.conftest import ROOT
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,9 +41,9 @@ def md_rows(path: Path) -> list[dict[str, str]]:
 
 
 def compare_main(capsys, *args: str) -> tuple[int, str, str]:
-    """compare.main in-process -> (exit status, stdout, stderr)."""
+    """`python -m rlhf.compare ARGS` in-process -> (exit status, stdout, stderr)."""
     try:
-        compare.main(list(args))
+        cli.run(command.main, list(args))
         code = 0
     except SystemExit as e:
         code = e.code
@@ -117,8 +118,8 @@ def test_unfinished_and_missing_jobs_are_rows_marked_failed(sweep, tmp_path, cap
 
 def test_does_not_import_torch(sweep, tmp_path):
     code = (
-        "import sys\nfrom rlhf import compare\n"
-        f"compare.main([{str(sweep)!r}, '--out', {str(tmp_path)!r}])\n"
+        "import sys\nfrom rlhf import cli\nfrom rlhf.compare import __main__ as command\n"
+        f"cli.run(command.main, [{str(sweep)!r}, '--out', {str(tmp_path)!r}])\n"
         "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -208,18 +209,14 @@ def test_a_key_overridden_in_one_run_only_shows_the_others_config_value(tmp_path
     a = fake_run(tmp_path / "a", ["model=tiny", "method.lora_r=4"], config)
     b = fake_run(tmp_path / "b", ["model=tiny"], config)
     assert [run.swept for run in compare.collect([a, b])] == [{"method.lora_r": "4"}, {"method.lora_r": "16"}]
-    assert compare.default_out([a, b]) == tmp_path  # several run directories: the first one's parent
+    assert command.default_out([a, b]) == tmp_path  # several run directories: the first one's parent
 
 
 def test_the_peft_vs_dpo_preset_sweeps_three_methods_and_dpo_keeps_its_data():
-    from hydra import compose, initialize_config_dir
+    from rlhf import config
 
-    from rlhf.config import register_schemas
-
-    register_schemas()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=peft-vs-dpo"], return_hydra_config=True)
-        dpo = compose("config", overrides=["experiment=peft-vs-dpo", "method=dpo"])
+    cfg = config.compose(["experiment=peft-vs-dpo"], return_hydra_config=True)
+    dpo = config.compose(["experiment=peft-vs-dpo", "method=dpo"])
     assert cfg.hydra.sweeper.params == {"method": "lora,prompt-tuning,dpo"}
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"  # a sweep even without -m
     assert (dpo.method.name, dpo.data.name) == ("dpo", "preferences")

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from rlhf.config import validate
+from rlhf import methods
 from rlhf.errors import ConfigError
+from rlhf.validate import validate
 from tests.conftest import CONF, ROOT
 
 GROUPS = ["model", "method", "hardware", "reward", "data", "eval", "logger", "experiment"]
@@ -38,7 +39,7 @@ def test_each_group_has_the_documented_options():
             "mistral-7b",
         ]
     )
-    assert options("method") == ["dpo", "grpo", "lora", "ppo", "prompt-tuning", "rm", "sft"]
+    assert options("method") == methods.names()  # one YAML per method module, and no other
     assert options("reward") == ["keyword", "mix", "model"]
     assert options("hardware") == ["a100", "auto", "cpu", "rtx4060-8gb", "t4"]
 
@@ -81,16 +82,17 @@ def test_experiment_presets_override_only_what_they_change(make_cfg):
     assert low.hardware.max_seq_length == 256 and low.hardware.load_in_4bit
 
 
-def test_each_method_chooses_a_fitting_default_data_set_that_the_user_can_override(make_cfg):
-    chosen = {m: make_cfg(f"method={m}").data.name for m in ("sft", "lora", "rm", "dpo", "grpo", "ppo")}
-    assert chosen == {
-        "sft": "instructions",
-        "lora": "instructions",
-        "rm": "preferences",
-        "dpo": "preferences",
-        "grpo": "sentiment-prompts",
-        "ppo": "sentiment-prompts",
-    }
+@pytest.mark.parametrize("name", methods.names())
+def test_each_method_chooses_a_default_data_set_it_can_train_on(make_cfg, name):
+    from rlhf import data
+
+    cfg = make_cfg(f"method={name}", "data.max_samples=4")
+    loaded = data.load(cfg.data, methods.get(name).DATA_FORMATS, name)  # refuses a format the method lacks
+    assert loaded.rows and loaded.format in methods.get(name).DATA_FORMATS
+
+
+def test_a_method_default_data_set_yields_to_the_users_choice(make_cfg):
+    assert make_cfg("method=dpo").data.name == "preferences"
     assert make_cfg("method=dpo", "data=chat").data.name == "chat"
 
 
@@ -147,7 +149,8 @@ def test_cfg_job_and_help_do_not_import_torch(args):
     out = _run_without_torch(args)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
     if args == ["--help"]:
-        assert "method: dpo, grpo, lora, ppo, prompt-tuning, rm, sft" in out.stdout
+        assert f"method: {', '.join(methods.names())}" in out.stdout and "schema/" not in out.stdout
+        assert out.stdout.startswith("rlhf: ") and "powered by Hydra" not in out.stdout
     else:
         assert "lora_r: 16" in out.stdout
 
@@ -160,3 +163,49 @@ def test_console_script_equals_python_m(run_rlhf):
     via_script = subprocess.run([str(script), "--cfg", "job"], capture_output=True, text=True, cwd=ROOT)
     via_module = run_rlhf("--cfg", "job")
     assert via_script.returncode == 0 and via_script.stdout == via_module.stdout
+
+
+GOLDEN = ROOT / "tests" / "golden" / "cfg_job"
+
+
+@pytest.mark.parametrize("golden", sorted(p.name for p in GOLDEN.glob("*.yaml")))
+def test_cfg_job_prints_the_pinned_config(golden):
+    """`python -m rlhf --cfg job` for every preset, method and search: the config the package printed before
+    its modules were reorganised (tests/golden/cfg_job/<override>.yaml, captured from the real CLI)."""
+    from omegaconf import OmegaConf
+
+    from rlhf import config
+
+    name = golden.removesuffix(".yaml")
+    cfg = config.compose([] if name == "default" else [name])
+    assert OmegaConf.to_yaml(cfg) == (GOLDEN / golden).read_text()
+
+
+def test_every_preset_has_a_pinned_config():
+    pinned = {p.stem for p in GOLDEN.glob("*.yaml")}
+    assert {f"experiment={e}" for e in options("experiment")} <= pinned
+
+
+def test_a_method_is_its_module_and_its_yaml(tmp_path):
+    """Remove one method's module and YAML from a copy of the project: it is gone from the options, --help
+    and the errors, and everything else still composes, with no other edit."""
+    import shutil
+
+    for part in ("rlhf", "conf", "experiments"):
+        shutil.copytree(
+            ROOT / part, tmp_path / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    gone = "grpo"
+    (tmp_path / "rlhf" / "methods" / f"{gone}.py").unlink()
+    (tmp_path / "conf" / "method" / f"{gone}.yaml").unlink()
+    rest = [m for m in methods.names() if m != gone]
+
+    def run(*args: str) -> subprocess.CompletedProcess:  # the copy's package, not the installed one
+        return subprocess.run(
+            [sys.executable, "-m", "rlhf", *args], capture_output=True, text=True, cwd=tmp_path
+        )
+
+    assert f"method: {', '.join(rest)}\n" in run("--help").stdout
+    refused = run(f"method={gone}")
+    assert refused.returncode == 2 and f"choose one of: {', '.join(rest)}" in refused.stderr
+    assert all(run("--cfg", "job", f"method={m}").returncode == 0 for m in ("dpo", "ppo"))

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf import methods
+
 
 def write(path: Path, text: str) -> str:
     path.write_text(text)
@@ -24,7 +26,7 @@ CASES = [
     (
         "unknown-group-option",
         lambda t: ["method=lorax"],
-        "method=lorax: no such option; fix: choose one of: dpo, grpo, lora, ppo, prompt-tuning, rm, sft",
+        f"method=lorax: no such option; fix: choose one of: {', '.join(methods.names())}",
     ),
     ("unknown-key", lambda t: ["method.lora_rank=8"], "method.lora_rank: no such key"),
     ("wrong-type", lambda t: ["method.lora_r=abc"], "method.lora_r: Value 'abc'"),
@@ -129,6 +131,43 @@ CASES = [
     ),
     ("eval-limit-zero", lambda t: ["eval.limit=0"], "eval.limit=0: must be positive"),
     (
+        "unknown-experiment",
+        lambda t: ["experiment=question-decompositon"],
+        "experiment=question-decompositon: no such option; fix: choose one of: peft-vs-dpo, ppo-positive",
+    ),
+    (
+        "unknown-hparams-search",
+        lambda t: ["hparams_search=lora_optna"],
+        "hparams_search=lora_optna: no such option; fix: choose one of: lora_optuna",
+    ),
+    (
+        "unknown-scheduler",
+        lambda t: ["model=tiny", f"cache_dir={t / 'cache'}", "method.lr_scheduler_type=cosin"],
+        "method.lr_scheduler_type=cosin: unknown value; fix: choose one of: linear, cosine,",
+    ),
+    (
+        "unknown-optimizer",
+        lambda t: ["model=tiny", f"cache_dir={t / 'cache'}", "hardware=cpu", "hardware.optim=adamw"],
+        "hardware.optim=adamw: unknown value; fix: choose one of: adamw_torch,",
+    ),
+    (
+        "unknown-dpo-loss-type",
+        lambda t: ["model=tiny", f"cache_dir={t / 'cache'}", "method=dpo", "method.loss_type=sigmod"],
+        "method.loss_type=sigmod: unknown value; fix: choose one of: sigmoid, hinge, ipo",
+    ),
+    (
+        "unknown-target-module",
+        lambda t: ["model=tiny", f"cache_dir={t / 'cache'}", "method.target_modules=[q_proj,qkv_proj]"],
+        "method.target_modules=['q_proj', 'qkv_proj']: qkv_proj is not a module of model=tiny; fix: use "
+        "all-linear or names of its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj",
+    ),
+    (
+        "rejected-by-the-trainer",  # transformers' own rule, met when the trainer is built
+        lambda t: ["model=tiny", "eval=none", "method.lr_scheduler_type=reduce_lr_on_plateau"],
+        "method.lr_scheduler_type=reduce_lr_on_plateau: TRL's SFTTrainer rejected it (lr_scheduler_type "
+        "reduce_lr_on_plateau requires an eval strategy)",
+    ),
+    (
         "merge-without-lora",
         lambda t: ["method=prompt-tuning", "export.merge=true"],
         "export.merge=true: method=prompt-tuning trains no LoRA adapter to merge",
@@ -148,6 +187,7 @@ def test_bad_input_ends_with_one_clear_line(run_rlhf, tmp_path, overrides, expec
     assert expected in errors[0], errors[0]
     assert "; fix: " in errors[0], "every message ends with how to fix it"
     assert not run_dir.exists(), "a failed run must not leave a run directory behind"
+    assert not (tmp_path / "cache" / "models").exists(), "checked before any model was built or loaded"
 
 
 def test_several_config_errors_are_reported_together(run_rlhf, tmp_path):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from rlhf import evaluate
+from rlhf import evaluate, generation, hardware
 from tests.conftest import ROOT
 
 QUICK_TASKS = [
@@ -54,37 +54,43 @@ def test_base_scores_are_computed_once_per_base_model(tiny, make_cfg, cache_dir,
     cfg = make_cfg("model=tiny", "hardware=cpu", "eval.limit=2", "eval.tasks=[rlhf_general_mc]", "seed=7")
     model, tokenizer = tiny()
     first, _, cached_first = evaluate.base_results(
-        cfg.eval, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer
+        cfg.eval, cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, model, tokenizer
     )
-    monkeypatch.setattr(evaluate, "evaluate", lambda *a, **k: pytest.fail("the cached base was scored again"))
+    monkeypatch.setattr(evaluate, "score", lambda *a, **k: pytest.fail("the cached base was scored again"))
     again, seconds, cached_again = evaluate.base_results(
-        cfg.eval, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer
+        cfg.eval, cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, model, tokenizer
     )
     assert (cached_first, cached_again, seconds) == (False, True, 0.0) and again == first
     # another limit is another measurement: no cache hit
     other = make_cfg("model=tiny", "hardware=cpu", "eval.limit=3", "eval.tasks=[rlhf_general_mc]")
     key = evaluate.base_cache_key
-    assert key(cfg.eval, cfg.model, cfg.hardware, "d") != key(other.eval, other.model, other.hardware, "d")
+    assert key(cfg.eval, cfg.model, hardware.resolve(cfg.hardware), "d") != key(
+        other.eval, other.model, hardware.resolve(other.hardware), "d"
+    )
 
 
 def test_base_sample_generations_are_generated_once_per_base_model(tiny, make_cfg, monkeypatch):
-    from rlhf import report
-
     cfg = make_cfg("model=tiny", "hardware=cpu", "samples.max_new_tokens=4")
     model, tokenizer = tiny()
     prompts = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Say hi."}]]
     first = evaluate.base_samples(
-        cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts
+        cfg.samples, cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, model, tokenizer, prompts
     )
-    assert first == report.generate(model, tokenizer, prompts, cfg.samples)
-    monkeypatch.setattr(report, "generate", lambda *a, **k: pytest.fail("the cached base generated again"))
+    assert first == generation.greedy(model, tokenizer, prompts, cfg.samples.max_new_tokens)
+    monkeypatch.setattr(generation, "greedy", lambda *a, **k: pytest.fail("the cached base generated again"))
     again = evaluate.base_samples(
-        cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts
+        cfg.samples, cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, model, tokenizer, prompts
     )
     assert again == first
     with pytest.raises(pytest.fail.Exception):  # other prompts are other generations
         evaluate.base_samples(
-            cfg.samples, cfg.model, cfg.hardware, cfg.cache_dir, model, tokenizer, prompts[:1]
+            cfg.samples,
+            cfg.model,
+            hardware.resolve(cfg.hardware),
+            cfg.cache_dir,
+            model,
+            tokenizer,
+            prompts[:1],
         )
 
 
@@ -107,7 +113,9 @@ def test_the_tuned_model_is_scored_in_memory_with_its_adapter(tiny, make_cfg, tm
     monkeypatch.setattr(huggingface.HFLM, "__init__", spy)
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("reloaded"))
     base = ({"scores": {"rlhf_general_mc/acc": 0.5}, "stderr": {}}, 1.0, False)
-    result = evaluate.after_training(cfg.eval, base, tuned, tokenizer, cfg.hardware, tmp_path, "t")
+    result = evaluate.after_training(
+        cfg.eval, base, tuned, tokenizer, hardware.resolve(cfg.hardware), tmp_path, "t"
+    )
     assert seen == [tuned], "lm-eval must score the adapter model object itself"
     assert tuned.training, "lm-eval switches to eval mode; the stage switches back"
     assert result["delta"]["rlhf_general_mc/acc"] == pytest.approx(
@@ -165,10 +173,10 @@ def test_evaluate_again_writes_new_files_and_keeps_the_old(eval_run, cache_dir):
     assert (run_dir / "eval.json").read_bytes() == before and (run_dir / "eval-2.md").is_file()
 
 
-def test_flatten_keeps_metrics_and_moves_stderr_aside():
+def test_flatten_results_keeps_metrics_and_moves_stderr_aside():
     raw = {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "sample_len": 3, "em,strict": 1.0}}
-    assert evaluate.flatten(raw) == {"t/acc": 0.5, "t/em_strict": 1.0}
-    assert evaluate.flatten(raw, stderr=True) == {"t/acc": 0.1}
+    assert evaluate.flatten_results(raw) == {"t/acc": 0.5, "t/em_strict": 1.0}
+    assert evaluate.flatten_results(raw, stderr=True) == {"t/acc": 0.1}
 
 
 def test_a_reward_model_run_is_not_handed_to_lm_eval(run_rlhf, tmp_path):
@@ -191,7 +199,7 @@ def test_lora_is_merged_only_while_scoring_and_gives_the_same_outputs(tiny):
     weights = {n: p.detach().clone() for n, p in tuned.named_parameters()}
     with torch.no_grad():
         unmerged = tuned(ids).logits
-        with evaluate.lora_merged(tuned):
+        with generation.lora_merged(tuned):
             assert all(m.merged for m in tuned.modules() if hasattr(m, "merged"))
             torch.testing.assert_close(tuned(ids).logits, unmerged, atol=1e-5, rtol=1e-5)
     assert not any(m.merged for m in tuned.modules() if hasattr(m, "merged"))

@@ -1,39 +1,10 @@
-"""Each profile maps to the trainer arguments of PRODUCT.md; no TRL default leaks through."""
+"""Profiles: quantization by model size, the typed resolved profile, and what hardware=auto picks."""
 
 from __future__ import annotations
 
 import pytest
 
 from rlhf import hardware
-
-# profile -> (bf16, fp16, batch, accumulation, checkpointing, optimizer, max length)
-EXPECTED = {
-    "t4": (False, True, 4, 4, True, "paged_adamw_32bit", 512),
-    "a100": (True, False, 12, 2, False, "adamw_torch_fused", 1024),
-    "rtx4060-8gb": (True, False, 1, 16, True, "paged_adamw_8bit", 256),
-}
-PREFERENCE = {"t4": (2, 8), "a100": (8, 2), "rtx4060-8gb": (1, 16)}
-
-
-@pytest.mark.parametrize("profile", sorted(EXPECTED))
-def test_gpu_profiles_map_to_the_documented_trainer_arguments(make_cfg, profile):
-    hw = make_cfg(f"hardware={profile}").hardware
-    args = hardware.trainer_args(hw)
-    got = (
-        args["bf16"],
-        args["fp16"],
-        args["per_device_train_batch_size"],
-        args["gradient_accumulation_steps"],
-        args["gradient_checkpointing"],
-        args["optim"],
-        args["max_length"],
-    )
-    assert got == EXPECTED[profile]
-    assert args["activation_checkpointing"] == args["gradient_checkpointing"]
-    assert args["use_cpu"] is False
-    pref = hardware.trainer_args(hw, "pref")
-    assert (pref["per_device_train_batch_size"], pref["gradient_accumulation_steps"]) == PREFERENCE[profile]
-    assert args["tf32"] is (profile != "t4")
 
 
 def test_quantization_follows_profile_and_model_size(make_cfg):
@@ -47,20 +18,20 @@ def test_quantization_follows_profile_and_model_size(make_cfg):
     assert hardware.quantization(make_cfg("hardware=cpu").hardware, params_b=7) is None
 
 
-def test_cpu_profile_reaches_the_trainer_config_without_trl_defaults(make_cfg, tmp_path):
-    from trl import SFTConfig
+def test_a_resolved_profile_is_typed_and_its_precision_concrete(make_cfg):
+    from rlhf.schema import HardwareConfig
 
-    hw = make_cfg("hardware=cpu").hardware
-    config = SFTConfig(output_dir=str(tmp_path), **hardware.trainer_args(hw))
-    # TRL defaults: bf16=True and gradient_checkpointing=True; the profile decides both
-    assert config.bf16 == (hardware.precision(hw) == "bf16")
-    assert config.gradient_checkpointing is False and config.activation_checkpointing is False
-    assert config.use_cpu and config.optim == "adamw_torch" and config.max_length == 512
-    fp32 = SFTConfig(
-        output_dir=str(tmp_path),
-        **hardware.trainer_args(make_cfg("hardware=cpu", "hardware.precision=fp32").hardware),
-    )
-    assert fp32.bf16 is False and fp32.fp16 is False
+    hw = hardware.resolve(make_cfg("hardware=cpu").hardware)
+    assert isinstance(hw, HardwareConfig) and hw.name == "cpu"
+    assert hw.precision in ("bf16", "fp32")  # auto: bf16 where this CPU computes it natively
+    assert hardware.resolve(make_cfg("hardware=cpu", "hardware.precision=fp32").hardware).precision == "fp32"
+
+
+def test_auto_resolves_to_this_machines_profile_with_the_users_keys(make_cfg):
+    from rlhf import config
+
+    hw = config.resolve_hardware(make_cfg().hardware, ["hardware.max_seq_length=128"])
+    assert hw.name == hardware.detect() and hw.max_seq_length == 128
 
 
 def test_auto_picks_cpu_without_cuda():

@@ -7,7 +7,16 @@ import json
 import pytest
 import torch
 
+from rlhf import methods
 from tests.test_tracking import read_wandb_run
+
+# what a default run's summary.json holds, in order (pinned: tools read these keys)
+SUMMARY_KEYS = [
+    "method", "model", "hardware", "precision", "data", "data_rows", "seed", "steps", "first_loss",
+    "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
+    "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval", "eval_delta", "peak_rss_mb",
+    "wall_time_s",
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +41,7 @@ def test_run_directory_is_complete(lora_run):
 def test_summary_reports_what_users_compare(lora_run):
     run_dir, out = lora_run
     summary = json.loads((run_dir / "summary.json").read_text())
+    assert list(summary) == SUMMARY_KEYS
     assert summary["steps"] == 3 and summary["hardware"] == "cpu"  # hardware=auto resolved on this machine
     assert summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 100
     assert 0 < summary["trainable_params"] < summary["total_params"]
@@ -80,7 +90,8 @@ def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
     assert summary["data"] == "question-decomposition"
 
 
-@pytest.mark.parametrize("method", ["rm", "dpo", "grpo", "ppo"])
+# every method that reports results of its own (preference and RL methods), from the registry
+@pytest.mark.parametrize("method", [name for name, m in methods.registry().items() if m.RESULTS])
 def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, method):
     run_dir = tmp_path / method
     out = run_rlhf(
@@ -97,14 +108,9 @@ def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, meth
     assert [(r["_step"], r["loss"]) for r in history] == [
         (m["step"], m["loss"]) for m in metrics if "loss" in m
     ]
-    expected = {
-        "rm": "heldout_pairwise_accuracy",
-        "dpo": "preference_accuracy",
-        "grpo": "final_reward_mean",
-        "ppo": "final_success_rate",
-    }[method]
-    assert summary[expected] is not None
-    if method != "rm":  # a reward model scores; it does not generate samples
+    module = methods.get(method)
+    assert [summary[key] for key in module.RESULTS if summary.get(key) is None] == []
+    if module.HEAD == "causal-lm":  # a reward model scores; it does not generate samples
         samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
         assert {s["stage"] for s in samples} == {"before", "after"}
 

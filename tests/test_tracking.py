@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from rlhf import sweep, tracking
-from rlhf.config import validate
 from rlhf.errors import ConfigError, UserError
+from rlhf.validate import validate
+from tests.conftest import ROOT
 
 SECRET = "wb-test-secret-6f1c0d9a7e"  # stands for an API key: it must reach no file of a run
 
@@ -117,7 +118,7 @@ def test_nested_summary_is_flattened_for_wandb():
         "eval": {"mc/acc": 0.5},
         "eval_delta": {"t": {"a": 1}},
     }
-    assert tracking.flatten(summary) == {"loss_end_mean": 1.5, "eval/mc/acc": 0.5, "eval_delta/t/a": 1}
+    assert tracking.flatten_nested(summary) == {"loss_end_mean": 1.5, "eval/mc/acc": 0.5, "eval_delta/t/a": 1}
 
 
 def test_optimize_metric_reads_top_level_and_nested_keys():
@@ -189,18 +190,18 @@ def test_an_api_key_in_the_environment_reaches_no_file_of_the_run(lora_sweep):
 
 
 def test_a_failed_job_is_recorded_and_the_others_still_run(run_rlhf, tmp_path):
-    """peft finds no module named no_such_proj: a value the schema accepts, fatal only at run time."""
+    """The first job crashes in its first training step (tests/faults), after its wandb run started."""
     out = run_rlhf(
-        "-m", "model=tiny", "method=lora", "method.target_modules=[no_such_proj],[q_proj]", "method.max_steps=2", "samples.max_new_tokens=8",
-        f"hydra.sweep.dir={tmp_path}",
+        "-m", "model=tiny", "method=lora", "method.lora_r=2,4", "method.max_steps=2", "samples.max_new_tokens=8",
+        f"hydra.sweep.dir={tmp_path}", env={"PYTHONPATH": str(ROOT / "tests" / "faults")},
     )  # fmt: skip
     assert out.returncode == 1, out.stderr[-3000:]
     failed, finished = tmp_path / "0_lora_tiny", tmp_path / "1_lora_tiny"
     assert not (failed / "summary.json").exists()
     record = json.loads((failed / sweep.FAILED).read_text())
-    assert "no_such_proj" in record["error"] and "Traceback" in record["traceback"]
+    assert "injected crash" in record["error"] and "Traceback" in record["traceback"]
     assert (finished / "summary.json").is_file() and not (finished / sweep.FAILED).exists()
-    assert f"{failed}: NoMatchingPeftModuleError" in out.stderr  # the report at the end
+    assert f"{failed}: RuntimeError: injected crash" in out.stderr  # the report at the end
     assert "1 of 2 jobs finished" in out.stdout
     runs = [read_wandb_run(failed), read_wandb_run(finished)]  # no key in the environment: offline
     assert [r["exit_code"] for r in runs] == [1, 0] and runs[0]["group"] == runs[1]["group"]

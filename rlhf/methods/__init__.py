@@ -1,75 +1,108 @@
-"""Training methods: one module per `method=` option, each a thin wiring of a trainer.
+"""Training methods: one module per `method=` option, found from the modules present in this package.
 
-A method module exposes `DATA_FORMATS` (the data it trains on), `BATCH` (which of the hardware profile's
-batch settings it uses: sft or pref), `HEAD` (causal-lm, or sequence-classification for a reward model),
-`USES_REWARD` (whether it needs the reward group's callables) and `train(inputs) -> Result`. It receives ready objects and never
-reads config paths, writes the run directory or talks to a tracker. TRL, peft and datasets are imported
-inside `train`: looking a method up costs no more than torch.
+A method module (any module or package here whose name does not start with `_`) owns everything about it:
+
+    NAME          the `method=` option (conf/method/<NAME>.yaml holds its values)
+    Config        its schema dataclass (stored as schema/method/<NAME>; the YAML's defaults list pulls it in)
+    DATA_FORMATS  the data formats it trains on (rlhf.data's names)
+    HEAD          causal-lm, or sequence-classification (a reward model)
+    USES_REWARD   whether it needs the reward group's callables
+    RESULTS       the summary.json keys it reports (shown in the run's table and by rlhf.compare)
+    validate(m, problems)   its own config rules (m: the method node), added to `problems`
+    adapter_kind(m)         what it trains: "lora", "prompt", "prefix", or None for every weight
+    train(inputs) -> Result
+    library_choices(m)      optional: {key: valid values} for keys whose list a library owns (a loss type)
+
+Adding a method is its module and its YAML: the schema store, validation, `--help`, the run's table and
+`rlhf.compare` read this registry. The module's surface imports nothing heavy (TRL, peft and torch are
+imported inside `train`): `python -m rlhf --cfg job` and `validate` never import torch.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-MODULES = {
-    "sft": "sft",
-    "lora": "lora",
-    "prompt-tuning": "prompt_tuning",
-    "rm": "rm",
-    "dpo": "dpo",
-    "grpo": "grpo",
-    "ppo": "ppo",
-}
+if TYPE_CHECKING:
+    from rlhf.rewards import Reward
+    from rlhf.schema import HardwareConfig
 
-
-# what the preference and RL methods add to summary.json (Result.extra), shown in the run's table and in
-# `python -m rlhf.compare` when present
-METHOD_RESULTS = (
-    "heldout_pairwise_accuracy",
-    "reward_margin",
-    "preference_accuracy",
-    "final_reward_mean",
-    "final_reward",
-    "final_success_rate",
-    "final_kl",
+REQUIRED = (
+    "NAME",
+    "Config",
+    "DATA_FORMATS",
+    "HEAD",
+    "USES_REWARD",
+    "RESULTS",
+    "validate",
+    "adapter_kind",
+    "train",
 )
+
+
+class MetricsSink(Protocol):
+    """Where a method's logged values go (rlhf.metrics.MetricsFile: metrics.jsonl and the tracker)."""
+
+    def write(self, step: int, epoch: float, values: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    dir: Path  # the run directory: trainers may put scratch files here, never model/ or reports
+    seed: int
 
 
 @dataclass
 class Inputs:
-    model: Any  # a transformers PreTrainedModel
+    """What a method receives, by name: ready objects, never config paths."""
+
+    model: Any  # a transformers PreTrainedModel on the profile's device
     tokenizer: Any
-    rows: list[dict[str, Any]]  # converted by rlhf.data: prompt / completion messages
-    method: Any  # the method's config node (learning rate, adapter settings, ...)
-    trainer_args: dict[str, Any]  # hardware profile + run settings, ready for the trainer's config class
-    callbacks: list[Any] = field(default_factory=list)
+    rows: list[dict[str, Any]]  # converted by rlhf.data: TRL's conversational rows
+    config: Any  # the method's config node (its Config's fields)
+    hardware: HardwareConfig  # the resolved profile: precision is fp32 / bf16 / fp16, never auto
+    run: RunInfo
+    metrics: MetricsSink
     eval_rows: list[dict[str, Any]] = field(default_factory=list)  # held-out rows, where the method uses them
-    rewards: list[Any] = field(default_factory=list)  # rlhf.rewards.Reward components (ppo, grpo)
+    rewards: list[Reward] = field(default_factory=list)  # reward components (methods with USES_REWARD)
+    resume_from: Path | None = None  # a checkpoint directory to continue from
 
 
 @dataclass
 class Result:
     model: Any  # the trained model (a PeftModel for adapter methods)
-    metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, num_tokens, ...
-    extra: dict[str, Any] = field(default_factory=dict)  # method-specific results for summary.json
+    metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, ...
+    extra: dict[str, Any] = field(default_factory=dict)  # the method's RESULTS for summary.json
 
 
-def optimisation_args(m: Any) -> dict[str, Any]:
-    """The TRL / transformers config fields that every method's shared keys (TrainingConfig) map to."""
-    return {
-        "learning_rate": m.learning_rate,
-        "num_train_epochs": m.num_epochs,
-        "max_steps": m.max_steps if m.max_steps > 0 else -1,
-        "lr_scheduler_type": m.lr_scheduler_type,
-        "warmup_steps": m.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the steps
-        "weight_decay": m.weight_decay,
-        "max_grad_norm": m.max_grad_norm,
-        "logging_steps": m.logging_steps,
-    }
+@functools.cache
+def registry() -> dict[str, ModuleType]:
+    """NAME -> module, for every method module in this package, sorted by name."""
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+        if missing:
+            raise TypeError(f"{module.__name__} is not a method module: it lacks {', '.join(missing)}")
+        found[module.NAME] = module
+    return dict(sorted(found.items()))
+
+
+def names() -> list[str]:
+    return list(registry())
 
 
 def get(name: str) -> ModuleType:
-    return importlib.import_module(f"rlhf.methods.{MODULES[name]}")
+    return registry()[name]
+
+
+def result_keys() -> list[str]:
+    """Every method's RESULTS, in registry order, without repeats."""
+    return list(dict.fromkeys(key for module in registry().values() for key in module.RESULTS))

@@ -9,41 +9,78 @@ GGUF. The summary reports the final reward margin and preference accuracy that D
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
-from rlhf.methods import Inputs, Result, lora, optimisation_args
+from omegaconf import MISSING
 
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result
+from rlhf.methods._common import (
+    check_adapter_choice,
+    field_choices,
+    last_logged,
+    library_checks,
+    lora_config,
+    metrics_callback,
+    profile_batch,
+    trainer_args,
+)
+from rlhf.schema import OptionalLoraConfig
+
+NAME = "dpo"
 DATA_FORMATS = ("preference",)
-BATCH = "pref"
 HEAD = "causal-lm"
 USES_REWARD = False
+RESULTS = ("reward_margin", "preference_accuracy")
+
+
+@dataclass
+class Config(OptionalLoraConfig):
+    beta: float = MISSING
+    loss_type: str = MISSING  # one of TRL's DPO loss types (checked against TRL before weights load)
+
+
+def validate(m: Config, p: Problems) -> None:
+    check_adapter_choice(m, p)
+    p.check(m.beta >= 0, "method.beta", m.beta, "must be >= 0", "use e.g. beta=0.1")
+
+
+def library_choices(m: Config) -> dict[str, list[str]]:
+    """Keys whose valid values TRL owns (checked before any weights load)."""
+    from trl import DPOConfig
+
+    return {"loss_type": field_choices(DPOConfig, "loss_type")}
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "lora" if m.adapter == "lora" else None
 
 
 def train(inputs: Inputs) -> Result:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    m = inputs.method
-    args = DPOConfig(
-        **inputs.trainer_args,
-        **optimisation_args(m),
-        beta=m.beta,
-        loss_type=[m.loss_type],
-    )
+    m = inputs.config
     use_lora = m.adapter == "lora"
-    trainer = DPOTrainer(
-        model=inputs.model,
-        ref_model=None if use_lora else frozen_copy(inputs.model),
-        args=args,
-        train_dataset=Dataset.from_list(inputs.rows),
-        processing_class=inputs.tokenizer,
-        peft_config=lora.adapter(m) if use_lora else None,
-        callbacks=inputs.callbacks,
-    )
+    with library_checks("TRL's DPOTrainer", inputs):
+        args = DPOConfig(
+            **trainer_args(inputs, profile_batch(inputs.hardware, "pref")),
+            beta=m.beta,
+            loss_type=[m.loss_type],
+        )
+        trainer = DPOTrainer(
+            model=inputs.model,
+            ref_model=None if use_lora else frozen_copy(inputs.model),
+            args=args,
+            train_dataset=Dataset.from_list(inputs.rows),
+            processing_class=inputs.tokenizer,
+            peft_config=lora_config(m) if use_lora else None,
+            callbacks=[metrics_callback(inputs.metrics)],
+        )
     output = trainer.train()
-    logged = [h for h in trainer.state.log_history if "rewards/margins" in h]
     extra = {
-        "reward_margin": logged[-1]["rewards/margins"] if logged else None,
-        "preference_accuracy": logged[-1]["rewards/accuracies"] if logged else None,
+        "reward_margin": last_logged(trainer, "rewards/margins"),
+        "preference_accuracy": last_logged(trainer, "rewards/accuracies"),
     }
     return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)
 

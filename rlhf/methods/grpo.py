@@ -8,48 +8,88 @@ profile's: per_device_train_batch_size = prompts_per_step x num_generations, no 
 
 from __future__ import annotations
 
-from rlhf.methods import Inputs, Result, lora, optimisation_args
+from dataclasses import dataclass
 
+from omegaconf import MISSING
+
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result
+from rlhf.methods._common import (
+    check_lora,
+    check_sampling,
+    last_logged,
+    library_checks,
+    lora_config,
+    metrics_callback,
+    trainer_args,
+)
+from rlhf.schema import LoraTrainingConfig, SamplingFields
+
+NAME = "grpo"
 DATA_FORMATS = ("prompts",)
-BATCH = "sft"
 HEAD = "causal-lm"
 USES_REWARD = True
+RESULTS = ("final_reward_mean",)
+
+
+@dataclass
+class Config(LoraTrainingConfig, SamplingFields):
+    beta: float = MISSING  # KL coefficient to the reference (the base with the adapter disabled)
+    num_generations: int = MISSING  # completions per prompt; the group the advantages are computed in
+    prompts_per_step: int = MISSING
+
+
+def validate(m: Config, p: Problems) -> None:
+    check_lora(m, p)
+    check_sampling(m, p)
+    p.check(m.beta >= 0, "method.beta", m.beta, "must be >= 0", "use e.g. beta=0.04")
+    check_group(m, p)
+
+
+def check_group(m, p: Problems) -> None:
+    """num_generations and prompts_per_step: the group the advantages compare (GRPO, RLOO)."""
+    p.check(
+        m.num_generations >= 2,
+        "method.num_generations",
+        m.num_generations,
+        "must be >= 2 (advantages compare a group)",
+        "use e.g. 4 or 8",
+    )
+    p.positive("method.prompts_per_step", m.prompts_per_step, "4")
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "lora"
 
 
 def train(inputs: Inputs) -> Result:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    m = inputs.method
-    profile_args = {k: v for k, v in inputs.trainer_args.items() if k != "max_length"}
-    args = GRPOConfig(
-        **{
-            **profile_args,
-            "per_device_train_batch_size": m.prompts_per_step * m.num_generations,
-            "gradient_accumulation_steps": 1,
-        },
-        **optimisation_args(m),
-        beta=m.beta,
-        num_generations=m.num_generations,
-        max_completion_length=m.max_new_tokens,
-        temperature=m.temperature,
-        top_k=m.top_k,
-        top_p=m.top_p,
-        reward_weights=[r.weight for r in inputs.rewards],
-    )
-    trainer = GRPOTrainer(
-        model=inputs.model,
-        reward_funcs=[r.func for r in inputs.rewards],
-        args=args,
-        train_dataset=Dataset.from_list(inputs.rows),
-        processing_class=inputs.tokenizer,
-        peft_config=lora.adapter(m),
-        callbacks=inputs.callbacks,
-    )
+    m = inputs.config
+    with library_checks("TRL's GRPOTrainer", inputs):
+        args = GRPOConfig(
+            **trainer_args(inputs, (m.prompts_per_step * m.num_generations, 1), max_length=None),
+            beta=m.beta,
+            num_generations=m.num_generations,
+            max_completion_length=m.max_new_tokens,
+            temperature=m.temperature,
+            top_k=m.top_k,
+            top_p=m.top_p,
+            reward_weights=[r.weight for r in inputs.rewards],
+        )
+        trainer = GRPOTrainer(
+            model=inputs.model,
+            reward_funcs=[r.func for r in inputs.rewards],
+            args=args,
+            train_dataset=Dataset.from_list(inputs.rows),
+            processing_class=inputs.tokenizer,
+            peft_config=lora_config(m),
+            callbacks=[metrics_callback(inputs.metrics)],
+        )
     output = trainer.train()
-    logged = [h for h in trainer.state.log_history if "reward" in h]
     return Result(
         model=trainer.model,
         metrics=dict(output.metrics),
-        extra={"final_reward_mean": logged[-1]["reward"] if logged else None},
+        extra={"final_reward_mean": last_logged(trainer, "reward")},
     )

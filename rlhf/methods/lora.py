@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
+from dataclasses import dataclass
 
+from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result, sft
+from rlhf.methods._common import check_lora, lora_config
+from rlhf.schema import LoraTrainingConfig
 
+NAME = "lora"
 DATA_FORMATS = sft.DATA_FORMATS
-BATCH = sft.BATCH
 HEAD = sft.HEAD
 USES_REWARD = False
+RESULTS: tuple[str, ...] = ()
 
 
-def adapter(m, task_type: str = "CAUSAL_LM"):
-    """The LoRA config of a method node with lora_r / lora_alpha / lora_dropout / target_modules."""
-    from peft import LoraConfig
+@dataclass
+class Config(LoraTrainingConfig):
+    pass
 
-    target = (
-        m.target_modules if isinstance(m.target_modules, str) else OmegaConf.to_container(m.target_modules)
-    )
-    return LoraConfig(
-        r=m.lora_r,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        target_modules=target,
-        task_type=task_type,  # SEQ_CLS also trains and saves the new score head
-    )
+
+def validate(m: Config, p: Problems) -> None:
+    check_lora(m, p)
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "lora"
 
 
 def train(inputs: Inputs) -> Result:
-    return sft.train(inputs, adapter=adapter(inputs.method))
+    return sft.train(inputs, adapter=lora_config(inputs.config))

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
-from rlhf.methods import Inputs, Result, sft
+from dataclasses import dataclass
 
+from omegaconf import MISSING
+
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result, sft
+from rlhf.schema import TrainingConfig
+
+NAME = "prompt-tuning"
 DATA_FORMATS = sft.DATA_FORMATS
-BATCH = sft.BATCH
 HEAD = sft.HEAD
 USES_REWARD = False
+RESULTS: tuple[str, ...] = ()
 
 
-def adapter(m, tokenizer_path: str):
+@dataclass
+class Config(TrainingConfig):
+    num_virtual_tokens: int = MISSING
+    prompt_tuning_init_text: str = MISSING  # "" initialises the virtual tokens randomly
+
+
+def validate(m: Config, p: Problems) -> None:
+    p.positive("method.num_virtual_tokens", m.num_virtual_tokens, "20")
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "prompt"
+
+
+def adapter(m: Config, tokenizer_path: str):
     from peft import PromptTuningConfig, PromptTuningInit
 
     text = m.prompt_tuning_init_text
@@ -24,4 +45,4 @@ def adapter(m, tokenizer_path: str):
 
 
 def train(inputs: Inputs) -> Result:
-    return sft.train(inputs, adapter=adapter(inputs.method, inputs.model.config._name_or_path))
+    return sft.train(inputs, adapter=adapter(inputs.config, inputs.model.config._name_or_path))

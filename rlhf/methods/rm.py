@@ -7,34 +7,56 @@ pairs whose chosen answer scores higher than the rejected one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from rlhf import rewards
-from rlhf.methods import Inputs, Result, lora, optimisation_args
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result
+from rlhf.methods._common import (
+    check_adapter_choice,
+    library_checks,
+    lora_config,
+    metrics_callback,
+    profile_batch,
+    trainer_args,
+)
+from rlhf.schema import OptionalLoraConfig
 
+NAME = "rm"
 DATA_FORMATS = ("preference",)
-BATCH = "pref"
 HEAD = "sequence-classification"
 USES_REWARD = False
+RESULTS = ("heldout_pairwise_accuracy",)
+
+
+@dataclass
+class Config(OptionalLoraConfig):
+    pass
+
+
+def validate(m: Config, p: Problems) -> None:
+    check_adapter_choice(m, p)
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "lora" if m.adapter == "lora" else None
 
 
 def train(inputs: Inputs) -> Result:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    m = inputs.method
-    args = RewardConfig(
-        **inputs.trainer_args,
-        **optimisation_args(m),
-    )
-    trainer = RewardTrainer(
-        model=inputs.model,
-        args=args,
-        train_dataset=Dataset.from_list(inputs.rows),
-        processing_class=inputs.tokenizer,
-        peft_config=lora.adapter(m, task_type="SEQ_CLS") if m.adapter == "lora" else None,
-        callbacks=inputs.callbacks,
-    )
+    m = inputs.config
+    with library_checks("TRL's RewardTrainer", inputs):
+        args = RewardConfig(**trainer_args(inputs, profile_batch(inputs.hardware, "pref")))
+        trainer = RewardTrainer(
+            model=inputs.model,
+            args=args,
+            train_dataset=Dataset.from_list(inputs.rows),
+            processing_class=inputs.tokenizer,
+            peft_config=lora_config(m, task_type="SEQ_CLS") if m.adapter == "lora" else None,
+            callbacks=[metrics_callback(inputs.metrics)],
+        )
     output = trainer.train()
     extra = {
         "heldout_pairwise_accuracy": pairwise_accuracy(trainer.model, inputs.tokenizer, inputs.eval_rows)
@@ -44,6 +66,8 @@ def train(inputs: Inputs) -> Result:
 
 def pairwise_accuracy(model, tokenizer, rows: list[dict[str, Any]], batch_size: int = 8) -> float | None:
     """Share of pairs where score(prompt + chosen) > score(prompt + rejected)."""
+    from rlhf import rewards
+
     if not rows:
         return None
     model.eval()

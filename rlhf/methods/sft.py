@@ -1,4 +1,4 @@
-"""method=sft: supervised fine-tuning on TRL's SFTTrainer; every weight trains unless `adapter` is given.
+"""method=sft: supervised fine-tuning on TRL's SFTTrainer; every weight trains.
 
 lora.py and prompt_tuning.py call `train` with their PEFT config. The loss covers the completion (the
 assistant's answer) only: TRL does that for prompt/completion rows.
@@ -6,14 +6,32 @@ assistant's answer) only: TRL does that for prompt/completion rows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from rlhf.methods import Inputs, Result, optimisation_args
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result
+from rlhf.methods._common import library_checks, metrics_callback, profile_batch, trainer_args
+from rlhf.schema import TrainingConfig
 
+NAME = "sft"
 DATA_FORMATS = ("alpaca", "chat", "question_decomposition")
-BATCH = "sft"
 HEAD = "causal-lm"
 USES_REWARD = False
+RESULTS: tuple[str, ...] = ()
+
+
+@dataclass
+class Config(TrainingConfig):
+    pass
+
+
+def validate(m: Config, p: Problems) -> None:
+    """TrainingConfig's rules are checked for every method; full fine-tuning adds none."""
+
+
+def adapter_kind(m: Config) -> str | None:
+    return None
 
 
 def train(inputs: Inputs, adapter: Any = None) -> Result:
@@ -26,17 +44,15 @@ def build_trainer(inputs: Inputs, adapter: Any = None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    m = inputs.method
-    args = SFTConfig(
-        **inputs.trainer_args,
-        **optimisation_args(m),
-        completion_only_loss=True,
-    )
-    return SFTTrainer(
-        model=inputs.model,
-        args=args,
-        train_dataset=Dataset.from_list(inputs.rows),
-        processing_class=inputs.tokenizer,
-        peft_config=adapter,
-        callbacks=inputs.callbacks,
-    )
+    with library_checks("TRL's SFTTrainer", inputs):
+        args = SFTConfig(
+            **trainer_args(inputs, profile_batch(inputs.hardware, "sft")), completion_only_loss=True
+        )
+        return SFTTrainer(
+            model=inputs.model,
+            args=args,
+            train_dataset=Dataset.from_list(inputs.rows),
+            processing_class=inputs.tokenizer,
+            peft_config=adapter,
+            callbacks=[metrics_callback(inputs.metrics)],
+        )

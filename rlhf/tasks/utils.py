@@ -102,7 +102,7 @@ def mean_of_lists(items: list[list[bool]]) -> float:
 
 
 def _target_words() -> list[str]:
-    from rlhf.config import RewardConfig
+    from rlhf.schema import RewardConfig
 
     return RewardConfig().words  # the keyword reward's default list (seed 000), defined once
 
@@ -113,7 +113,7 @@ def keyword_results(doc: dict[str, Any], results: list[str]) -> dict[str, float]
 
 
 def decomposition_prompt(doc: dict[str, Any]) -> str:
-    from rlhf.config import DataConfig
+    from rlhf.schema import DataConfig
 
     return f"{DataConfig.decomposition_instruction}\n{doc['question']}"  # as data.user_prompt words it
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlhf import models
-from rlhf.methods import Inputs, dpo
-from tests.conftest import trainer_args
+from rlhf.methods import dpo
+from tests.conftest import make_inputs
 from tests.methods.test_rm import pairs
 
 
@@ -16,7 +16,7 @@ def test_lora_dpo_raises_the_chosen_margin_without_a_second_model(make_cfg, tiny
     )
     model, tokenizer = tiny()
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = dpo.train(Inputs(model, tokenizer, pairs(16), cfg.method, trainer_args(cfg, tmp_path)))
+    result = dpo.train(make_inputs(cfg, model, tokenizer, pairs(16), tmp_path))
     assert result.extra["reward_margin"] > 0 and result.extra["preference_accuracy"] > 0.5
     assert sum(p.numel() for p in result.model.parameters()) < 1.2 * sum(p.numel() for p in base.values())
     with result.model.disable_adapter():  # the reference: the untouched base
@@ -38,6 +38,6 @@ def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
     model, tokenizer = tiny()
     ref = dpo.frozen_copy(model)
     assert ref is not model and not any(p.requires_grad for p in ref.parameters())
-    result = dpo.train(Inputs(model, tokenizer, pairs(8), cfg.method, trainer_args(cfg, tmp_path)))
+    result = dpo.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path))
     assert models.trainable_parameters(result.model)[0] == models.trainable_parameters(result.model)[1]
     assert result.extra["reward_margin"] is not None

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from rlhf import data, rewards
-from rlhf.methods import Inputs, grpo
-from tests.conftest import trainer_args
+from rlhf.methods import grpo
+from tests.conftest import make_inputs
 
 
 def test_grpo_trains_the_adapter_with_the_keyword_reward(make_cfg, tiny, tmp_path):
-    from rlhf.report import MetricsFile
+    from rlhf.metrics import MetricsFile
 
     cfg = make_cfg(
         "model=tiny", "hardware=cpu", "method=grpo", "method.max_steps=2", "method.num_generations=4"
@@ -26,9 +26,7 @@ def test_grpo_trains_the_adapter_with_the_keyword_reward(make_cfg, tiny, tmp_pat
     counting.__name__ = "keyword"
     keyword.func = counting
     log = MetricsFile(tmp_path / "metrics.jsonl")
-    result = grpo.train(
-        Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path), [log], rewards=[keyword])
-    )
+    result = grpo.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, log, rewards=[keyword]))
     assert calls == [4, 4]  # num_generations completions of one prompt per step
     assert any("rewards/keyword/mean" in r for r in log.rows)
     assert result.extra["final_reward_mean"] is not None
@@ -46,12 +44,12 @@ def test_4bit_grpo_policy_trains_every_adapter_tensor(make_cfg, tiny, tmp_path):
     def length(prompts, completions, **kwargs):  # differs between completions: non-zero advantages every step
         return [float(len(rewards.text_of(c))) for c in completions]
 
-    inputs = Inputs(
+    inputs = make_inputs(
+        cfg,
         model,
         tokenizer,
         rows,
-        cfg.method,
-        trainer_args(cfg, tmp_path),
+        tmp_path,
         rewards=[rewards.Reward("length", length, 1.0)],
     )
     result = grpo.train(inputs)

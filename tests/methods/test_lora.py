@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from rlhf import data, report
-from rlhf.methods import Inputs, lora
-from tests.conftest import trainer_args
+from rlhf import data, generation
+from rlhf.methods import lora
+from tests.conftest import make_inputs
 
 
 def run_lora(make_cfg, tiny, tmp_path, *overrides, generate_first=False):
@@ -21,9 +21,9 @@ def run_lora(make_cfg, tiny, tmp_path, *overrides, generate_first=False):
     model, tokenizer = tiny(*overrides)
     base = {n: p.detach().clone().float() for n, p in model.named_parameters()}
     if generate_first:  # what the entrypoint does for samples.jsonl before training
-        report.generate(model, tokenizer, [[{"role": "user", "content": "Hi"}]], cfg.samples)
+        generation.greedy(model, tokenizer, [[{"role": "user", "content": "Hi"}]], cfg.samples.max_new_tokens)
     rows = data.load(cfg.data, lora.DATA_FORMATS, "lora").rows[:12]
-    result = lora.train(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path)))
+    result = lora.train(make_inputs(cfg, model, tokenizer, rows, tmp_path))
     return cfg, result, base
 
 
@@ -82,13 +82,11 @@ def test_qlora_trains_every_adapter_tensor_on_cpu_even_after_generation(make_cfg
 def test_sample_generations_run_merged_and_leave_the_adapter_as_it_was(make_cfg, tiny, tmp_path, monkeypatch):
     import contextlib
 
-    from rlhf import evaluate
-
     cfg, result, _ = run_lora(make_cfg, tiny, tmp_path, "samples.max_new_tokens=6")
     _, tokenizer = tiny()
     weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour."}]]
-    seen, original = [], evaluate.lora_merged
+    seen, original = [], generation.lora_merged
 
     @contextlib.contextmanager
     def spy(model):  # the adapter is folded in while the samples generate
@@ -96,11 +94,11 @@ def test_sample_generations_run_merged_and_leave_the_adapter_as_it_was(make_cfg,
             seen.append([m.merged for m in model.modules() if hasattr(m, "merged")])
             yield
 
-    monkeypatch.setattr(evaluate, "lora_merged", spy)
-    merged = report.generate(result.model, tokenizer, prompts, cfg.samples)
+    monkeypatch.setattr(generation, "lora_merged", spy)
+    merged = generation.greedy(result.model, tokenizer, prompts, cfg.samples.max_new_tokens)
     assert len(seen) == 1 and seen[0] and all(seen[0])
     assert not any(getattr(m, "merged", False) for m in result.model.modules())
     for name, p in result.model.named_parameters():  # unmerging subtracts what merging added: fp32 rounding
         torch.testing.assert_close(p, weights[name], atol=1e-6, rtol=1e-6)
-    monkeypatch.setattr(evaluate, "lora_merged", lambda model: contextlib.nullcontext())
-    assert report.generate(result.model, tokenizer, prompts, cfg.samples) == merged
+    monkeypatch.setattr(generation, "lora_merged", lambda model: contextlib.nullcontext())
+    assert generation.greedy(result.model, tokenizer, prompts, cfg.samples.max_new_tokens) == merged

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rlhf import models, rewards
-from rlhf.methods import Inputs, rm
-from tests.conftest import trainer_args
+from rlhf.methods import rm
+from tests.conftest import make_inputs
 
 
 def pairs(n: int) -> list[dict]:
@@ -24,9 +24,7 @@ def test_reward_model_learns_pairs_and_loads_as_a_reward(make_cfg, tmp_path):
         "model=tiny", "hardware=cpu", "method=rm", "method.max_steps=12", "method.learning_rate=5e-3"
     )
     model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir, rm.HEAD)
-    result = rm.train(
-        Inputs(model, tokenizer, pairs(16), cfg.method, trainer_args(cfg, tmp_path), eval_rows=pairs(8))
-    )
+    result = rm.train(make_inputs(cfg, model, tokenizer, pairs(16), tmp_path, eval_rows=pairs(8)))
     assert result.extra["heldout_pairwise_accuracy"] == 1.0
 
     models.save(result.model, tokenizer, tmp_path / "model")
@@ -42,6 +40,6 @@ def test_full_reward_model_trains_every_weight(make_cfg, tmp_path):
     cfg = make_cfg("model=tiny", "hardware=cpu", "method=rm", "method.adapter=none", "method.max_steps=2")
     model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir, rm.HEAD)
     head = model.score.weight.detach().clone()
-    result = rm.train(Inputs(model, tokenizer, pairs(8), cfg.method, trainer_args(cfg, tmp_path)))
+    result = rm.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path))
     assert not torch.equal(head, result.model.score.weight)
     assert models.trainable_parameters(result.model)[0] == models.trainable_parameters(result.model)[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlhf import data
-from rlhf.methods import Inputs, sft
-from tests.conftest import trainer_args
+from rlhf.methods import sft
+from tests.conftest import make_inputs
 
 
 def train(make_cfg, tiny, tmp_path, *overrides, steps=8, lr=3e-3):
@@ -21,7 +21,7 @@ def train(make_cfg, tiny, tmp_path, *overrides, steps=8, lr=3e-3):
     model, tokenizer = tiny()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = data.load(cfg.data, sft.DATA_FORMATS, "sft").rows[:32]
-    result = sft.train(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path, seed=cfg.seed)))
+    result = sft.train(make_inputs(cfg, model, tokenizer, rows, tmp_path))
     return result, before
 
 
@@ -29,7 +29,7 @@ def test_loss_covers_the_response_only(make_cfg, tiny, tmp_path):
     cfg = make_cfg("model=tiny", "hardware=cpu", "method=sft", "method.max_steps=1")
     model, tokenizer = tiny()
     rows = data.load(cfg.data, sft.DATA_FORMATS, "sft").rows[:4]
-    trainer = sft.build_trainer(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path)))
+    trainer = sft.build_trainer(make_inputs(cfg, model, tokenizer, rows, tmp_path))
     for row, example in zip(rows, trainer.train_dataset, strict=True):
         trained = [t for t in example["labels"] if t != -100]  # -100: ignored by the loss
         assert tokenizer.decode(trained) == row["completion"][0]["content"] + "<|im_end|>\n"
@@ -48,7 +48,7 @@ def test_loss_falls_and_every_weight_moves(make_cfg, tiny, tmp_path):
 
 
 def test_loss_curve_falls_over_a_few_steps(make_cfg, tiny, tmp_path):
-    from rlhf.report import MetricsFile
+    from rlhf.metrics import MetricsFile
 
     cfg = make_cfg(
         "model=tiny",
@@ -62,14 +62,14 @@ def test_loss_curve_falls_over_a_few_steps(make_cfg, tiny, tmp_path):
     model, tokenizer = tiny()
     rows = data.load(cfg.data, sft.DATA_FORMATS, "sft").rows[:16]
     log = MetricsFile(tmp_path / "metrics.jsonl")
-    sft.train(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path), [log]))
+    sft.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, log))
     losses = [r["loss"] for r in log.rows if "loss" in r]
     assert len(losses) == 10
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
 
 
 def test_same_seed_same_loss_curve(make_cfg, tiny, tmp_path):
-    from rlhf.report import MetricsFile
+    from rlhf.metrics import MetricsFile
 
     curves = []
     for i in range(2):
@@ -82,6 +82,6 @@ def test_same_seed_same_loss_curve(make_cfg, tiny, tmp_path):
         from rlhf.methods import lora
 
         set_seed(cfg.seed)
-        lora.train(Inputs(model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path / str(i)), [log]))
+        lora.train(make_inputs(cfg, model, tokenizer, rows, tmp_path / str(i), log))
         curves.append([r["loss"] for r in log.rows if "loss" in r])
     assert curves[0] == curves[1]

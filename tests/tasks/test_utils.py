@@ -53,7 +53,7 @@ def test_keyword_task_uses_the_keyword_rewards_words_on_every_seed_prompt():
 
 
 def test_decomposition_scores_the_trained_numbered_format():
-    from rlhf.config import DataConfig
+    from rlhf.schema import DataConfig
 
     doc = utils.question_decomposition()["test"][0]
     assert utils.decomposition_prompt(doc).startswith(DataConfig.decomposition_instruction)

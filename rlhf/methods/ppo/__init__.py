@@ -18,258 +18,66 @@ The arithmetic lives in core.py.
 
 from __future__ import annotations
 
-import math
-import time
-from types import SimpleNamespace
-from typing import Any
+from dataclasses import dataclass
 
-import torch
-from torch import nn
+from omegaconf import MISSING
 
-from rlhf import rewards as reward_group
-from rlhf.methods import Inputs, Result, lora
-from rlhf.methods.ppo import core
-from rlhf.models import encode_chat_prompts
+from rlhf.errors import Problems
+from rlhf.methods import Inputs, Result
+from rlhf.methods._common import check_lora, check_sampling
+from rlhf.schema import LoraTrainingConfig, SamplingFields
 
+NAME = "ppo"
 DATA_FORMATS = ("prompts",)
-BATCH = "sft"
 HEAD = "causal-lm"
 USES_REWARD = True
+RESULTS = ("final_reward", "final_success_rate", "final_kl")
 
 
-class PolicyWithValue(nn.Module):
-    """A causal LM (with its LoRA adapter) and a value head on its last hidden state.
+@dataclass
+class Config(LoraTrainingConfig, SamplingFields):
+    batch_size: int = MISSING  # completions per rollout (seed 000: 10)
+    mini_batch_size: int = MISSING  # completions per forward/backward pass
+    gradient_accumulation_steps: int = MISSING  # mini-batches per optimizer step
+    ppo_epochs: int = MISSING  # passes over each rollout
+    init_kl_coef: float = MISSING
+    adaptive_kl: bool = MISSING  # adapt the KL coefficient towards target_kl (Ziegler et al. 2019)
+    target_kl: float = MISSING
+    kl_horizon: int = MISSING
+    gamma: float = MISSING
+    lam: float = MISSING
+    cliprange: float = MISSING
+    cliprange_value: float = MISSING
+    vf_coef: float = MISSING
+    whiten_advantages: bool = MISSING
 
-    `forward` returns logits and values for the last `response_len` tokens only (the positions that predict
-    them): the vocabulary projection of the prompt's positions is never computed.
-    """
 
-    def __init__(self, policy: nn.Module):
-        super().__init__()
-        self.policy = policy
-        hidden = policy.config.hidden_size
-        self.value_head = nn.Linear(hidden, 1, device=policy.device)
-        nn.init.normal_(self.value_head.weight, std=1 / math.sqrt(hidden + 1))
-        nn.init.zeros_(self.value_head.bias)
-
-    def forward(self, input_ids, attention_mask, position_ids, response_len: int):
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=True,
-            logits_to_keep=response_len + 1,
+def validate(m: Config, p: Problems) -> None:
+    check_lora(m, p)
+    check_sampling(m, p)
+    for key in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "kl_horizon"):
+        p.positive(f"method.{key}", getattr(m, key), "4")
+    if m.mini_batch_size > 0:
+        p.check(
+            m.batch_size % m.mini_batch_size == 0,
+            "method.mini_batch_size",
+            m.mini_batch_size,
+            f"must divide method.batch_size={m.batch_size}",
+            "choose a divisor, e.g. batch_size=10 with mini_batch_size=2",
         )
-        hidden = out.hidden_states[-1][:, -response_len - 1 : -1]
-        values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-        return out.logits[:, :-1], values
+    for key in ("cliprange", "cliprange_value", "vf_coef", "target_kl"):
+        p.positive(f"method.{key}", getattr(m, key), "0.2")
+    p.check(m.init_kl_coef >= 0, "method.init_kl_coef", m.init_kl_coef, "must be >= 0", "use e.g. 0.2")
+    for key in ("gamma", "lam"):
+        value = getattr(m, key)
+        p.check(0 <= value <= 1, f"method.{key}", value, "must be in [0, 1]", "use e.g. 1.0 and 0.95")
+
+
+def adapter_kind(m: Config) -> str | None:
+    return "lora"
 
 
 def train(inputs: Inputs) -> Result:
-    from accelerate import Accelerator
-    from peft import get_peft_model
-    from tqdm.auto import tqdm
+    from rlhf.methods.ppo import loop
 
-    m, targs = inputs.method, inputs.trainer_args
-    mixed = "bf16" if targs["bf16"] else "fp16" if targs["fp16"] else "no"
-    accelerator = Accelerator(
-        mixed_precision=mixed, cpu=targs["use_cpu"], gradient_accumulation_steps=m.gradient_accumulation_steps
-    )
-    torch.manual_seed(targs["seed"] + accelerator.process_index)
-
-    tokenizer = inputs.tokenizer
-    model = PolicyWithValue(get_peft_model(inputs.model, lora.adapter(m)))
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], targs["optim"], m)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
-
-    kl_ctl = core.AdaptiveKLController(m.init_kl_coef, m.target_kl, m.kl_horizon)
-    steps = m.max_steps if m.max_steps > 0 else math.ceil(m.num_epochs * len(inputs.rows) / m.batch_size)
-    prompts = [row["prompt"] for row in inputs.rows]
-    state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=accelerator.is_main_process)
-    tokens_seen, started, losses = 0, time.time(), []
-
-    bar = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_main_process)
-    for step in bar:
-        t0 = time.time()
-        batch_prompts = [prompts[((step - 1) * m.batch_size + i) % len(prompts)] for i in range(m.batch_size)]
-        with accelerator.autocast():  # the policy and reference passes in the same precision: KL starts at 0
-            rollout = make_rollout(unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value)
-        stats = optimise(model, optimizer, accelerator, rollout, m)
-        if m.adaptive_kl:
-            kl_ctl.update(rollout["kl"], m.batch_size)
-
-        rollout_tokens = int(rollout["attention_mask"].sum())  # prompts + completions
-        tokens_seen += rollout_tokens
-        losses.append(stats["loss"])
-        step_time = time.time() - t0
-        logs = {**stats, **rollout["stats"], "kl_coef": kl_ctl.value, "num_tokens": tokens_seen}
-        logs.update(tokens_per_s=rollout_tokens / step_time, step_time=step_time)
-        state.global_step, state.epoch = step, step * m.batch_size / max(len(prompts), 1)
-        for callback in inputs.callbacks:
-            callback.on_log(None, state, None, logs=logs)
-        bar.set_postfix(reward=f"{logs['reward']:.2f}", kl=f"{logs['kl']:.3f}")
-
-    runtime = time.time() - started
-    final = {k: logs[k] for k in ("reward", "success_rate", "kl") if k in logs}
-    return Result(
-        model=unwrapped.policy,
-        metrics={
-            "train_runtime": runtime,
-            "train_loss": sum(losses) / len(losses),
-            "num_tokens": tokens_seen,
-        },
-        extra={f"final_{k}": v for k, v in final.items()},
-    )
-
-
-@torch.no_grad()
-def make_rollout(
-    model: PolicyWithValue, tokenizer, prompts: list, m, rewards: list, kl_coef: float
-) -> dict[str, Any]:
-    """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns)."""
-    model.eval()
-    query = encode_chat_prompts(tokenizer, prompts, model.policy.device)
-    generated = model.policy.generate(
-        **query,
-        do_sample=True,
-        max_new_tokens=m.max_new_tokens,
-        temperature=m.temperature,
-        top_k=m.top_k,  # 0 = off: sampled from the same distribution the log-probs are computed on
-        top_p=m.top_p,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    q_len = query["input_ids"].shape[1]
-    response = generated[:, q_len:]
-    response_mask = response_mask_until_eos(response, tokenizer.eos_token_id)
-    completions = tokenizer.batch_decode(
-        response * response_mask + tokenizer.pad_token_id * (1 - response_mask), skip_special_tokens=True
-    )
-
-    scores, parts = reward_group.total(rewards, prompts, completions)
-    scores = torch.tensor(scores, dtype=torch.float32, device=response.device)
-
-    input_ids = torch.cat([query["input_ids"], response], dim=1)
-    attention_mask = torch.cat([query["attention_mask"], response_mask], dim=1)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    response_len = response.shape[1]
-    logits, values = model(input_ids, attention_mask, position_ids, response_len)
-    logprobs = response_logprobs(logits, response, m.temperature)
-    values = values.float()
-    with model.policy.disable_adapter():  # the reference: the same weights without the adapter
-        ref = model.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=response_len + 1,
-        )
-    ref_logprobs = response_logprobs(ref.logits[:, :-1], response, m.temperature)
-
-    mask = response_mask.float()
-    token_rewards, kl = core.token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
-    advantages, returns = core.gae(token_rewards, values, mask, m.gamma, m.lam)
-    if m.whiten_advantages:
-        advantages = core.whiten(advantages, mask)
-
-    entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
-    kl_per_sequence = kl.sum(dim=1).mean().item()
-    stats = {
-        "reward": scores.mean().item(),
-        "reward_std": scores.std().item() if len(scores) > 1 else 0.0,
-        **{f"rewards/{name}": sum(v) / len(v) for name, v in parts.items()},
-        "kl": kl_per_sequence,
-        "entropy": entropy.item(),
-        "response_length": mask.sum(dim=1).mean().item(),
-    }
-    if "keyword" in parts:
-        stats["success_rate"] = sum(v > 0 for v in parts["keyword"]) / len(parts["keyword"])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "response": response,
-        "mask": mask,
-        "logprobs": logprobs,
-        "values": values,
-        "advantages": advantages,
-        "returns": returns,
-        "kl": kl_per_sequence,
-        "stats": stats,
-        "completions": completions,
-    }
-
-
-def optimise(model, optimizer, accelerator, rollout: dict[str, Any], m) -> dict[str, float]:
-    """`ppo_epochs` passes over the rollout in mini-batches; one optimizer step per accumulated group."""
-    model.train()
-    totals: dict[str, list[float]] = {}
-    for _ in range(m.ppo_epochs):
-        order = torch.randperm(m.batch_size)
-        for start in range(0, m.batch_size, m.mini_batch_size):
-            idx = order[start : start + m.mini_batch_size]
-            with accelerator.accumulate(model):
-                response = rollout["response"][idx]
-                logits, values = model(
-                    rollout["input_ids"][idx],
-                    rollout["attention_mask"][idx],
-                    rollout["position_ids"][idx],
-                    response.shape[1],
-                )
-                logprobs = response_logprobs(logits, response, m.temperature)
-                values = values.float()
-                mask = rollout["mask"][idx]
-                pg_loss, pg_stats = core.policy_loss(
-                    logprobs, rollout["logprobs"][idx], rollout["advantages"][idx], mask, m.cliprange
-                )
-                vf_loss, vf_stats = core.value_loss(
-                    values, rollout["values"][idx], rollout["returns"][idx], mask, m.cliprange_value
-                )
-                loss = pg_loss + m.vf_coef * vf_loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), m.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            for key, value in {
-                "loss": loss,
-                "policy_loss": pg_loss,
-                "value_loss": vf_loss,
-                **pg_stats,
-                **vf_stats,
-            }.items():
-                totals.setdefault(key, []).append(float(value.detach()))
-    return {k: sum(v) / len(v) for k, v in totals.items()}
-
-
-def response_logprobs(logits: torch.Tensor, response: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log pi(token) for each response token, under the sampling temperature (logits: one per response token)."""
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logprobs, 2, response.unsqueeze(-1)).squeeze(-1)
-
-
-def response_mask_until_eos(response: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 up to and including the first end-of-sequence token, 0 after it."""
-    is_eos = response == eos_token_id
-    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
-    return (~after_eos).long()
-
-
-def make_optimizer(params: list, optim: str, m) -> torch.optim.Optimizer:
-    """The hardware profile's optimizer for our own loop (TRL's trainers read `optim` themselves)."""
-    kwargs = {"lr": m.learning_rate, "weight_decay": m.weight_decay}
-    if optim.startswith(("paged_adamw", "adamw_8bit", "adamw_bnb_8bit")):
-        import bitsandbytes as bnb
-
-        cls = {
-            "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
-            "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-        }.get(optim, bnb.optim.AdamW8bit)
-        return cls(params, **kwargs)
-    if optim == "sgd":
-        return torch.optim.SGD(params, **kwargs)
-    if optim == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, scale_parameter=False, relative_step=False, **kwargs)
-    return torch.optim.AdamW(params, fused=optim == "adamw_torch_fused", **kwargs)
+    return loop.train(inputs)

@@ -86,7 +86,7 @@ def test_adaptive_kl_controller_moves_towards_the_target():
 
 
 def test_response_mask_stops_after_the_first_eos():
-    from rlhf.methods.ppo import response_mask_until_eos
+    from rlhf.methods.ppo.loop import response_mask_until_eos
 
     response = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 2, 2, 2, 2]])
     assert response_mask_until_eos(response, eos_token_id=2).tolist() == [

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from rlhf import data, rewards
-from rlhf.methods import Inputs, lora, ppo
-from rlhf.methods.ppo import core
-from rlhf.report import MetricsFile
-from tests.conftest import trainer_args
+from rlhf.methods import ppo
+from rlhf.methods._common import lora_config
+from rlhf.methods.ppo import core, loop
+from rlhf.metrics import MetricsFile
+from tests.conftest import make_inputs
 
 FAST = [
     "method.batch_size=8",
@@ -38,13 +39,13 @@ def test_reference_stays_fixed_while_the_policy_moves_and_kl_grows(make_cfg, tin
     log = MetricsFile(tmp_path / "metrics.jsonl")
     rows = data.load(cfg.data, ppo.DATA_FORMATS, "ppo").rows
     result = ppo.train(
-        Inputs(
+        make_inputs(
+            cfg,
             model,
             tokenizer,
             rows,
-            cfg.method,
-            trainer_args(cfg, tmp_path),
-            [log],
+            tmp_path,
+            log,
             rewards=rewards.build(cfg.reward),
         )
     )
@@ -80,15 +81,15 @@ def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(
     model, tokenizer = tiny()
     m = cfg.method
     torch.manual_seed(0)
-    policy = ppo.PolicyWithValue(get_peft_model(model, lora.adapter(m)))
+    policy = loop.PolicyWithValue(get_peft_model(model, lora_config(m)))
     prompts = [[{"role": "user", "content": "I feel so"}]] * m.batch_size
     keyword = rewards.build(cfg.reward)
-    rollout = ppo.make_rollout(policy, tokenizer, prompts, m, keyword, kl_coef=0.0)
+    rollout = loop.make_rollout(policy, tokenizer, prompts, m, keyword, kl_coef=0.0)
     sign = torch.tensor([1.0, -1.0] * (m.batch_size // 2))
     rollout["advantages"] = sign[:, None] * rollout["mask"]  # hand-made advantages: even rows good, odd bad
     accelerator = Accelerator(cpu=True)
-    optimizer = ppo.make_optimizer([p for p in policy.parameters() if p.requires_grad], "adamw_torch", m)
-    ppo.optimise(policy, optimizer, accelerator, rollout, m)
+    optimizer = loop.make_optimizer([p for p in policy.parameters() if p.requires_grad], "adamw_torch", m)
+    loop.optimise(policy, optimizer, accelerator, rollout, m)
 
     policy.eval()
     with torch.no_grad():
@@ -96,7 +97,7 @@ def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(
         logits, _ = policy(
             rollout["input_ids"], rollout["attention_mask"], rollout["position_ids"], response.shape[1]
         )
-    new = ppo.response_logprobs(logits, response, m.temperature)
+    new = loop.response_logprobs(logits, response, m.temperature)
     change = ((new - rollout["logprobs"]) * rollout["mask"]).sum(1)
     assert (change[sign > 0] > 0).all() and (change[sign < 0] < 0).all(), change
 
@@ -106,8 +107,8 @@ def test_token_level_kl_is_exactly_zero_before_any_update(make_cfg, tiny):
 
     cfg = ppo_cfg(make_cfg)
     model, tokenizer = tiny()
-    policy = ppo.PolicyWithValue(get_peft_model(model, lora.adapter(cfg.method)))
-    rollout = ppo.make_rollout(
+    policy = loop.PolicyWithValue(get_peft_model(model, lora_config(cfg.method)))
+    rollout = loop.make_rollout(
         policy,
         tokenizer,
         [[{"role": "user", "content": "I am really"}]] * 4,
@@ -124,11 +125,7 @@ def test_4bit_policy_trains_every_adapter_tensor_after_generation(make_cfg, tiny
     cfg = ppo_cfg(make_cfg, *one_update, "method.learning_rate=1e-2", "hardware.load_in_4bit=true")
     model, tokenizer = tiny("hardware.load_in_4bit=true")
     rows = data.load(cfg.data, ppo.DATA_FORMATS, "ppo").rows
-    result = ppo.train(
-        Inputs(
-            model, tokenizer, rows, cfg.method, trainer_args(cfg, tmp_path), rewards=rewards.build(cfg.reward)
-        )
-    )
+    result = ppo.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, rewards=rewards.build(cfg.reward)))
     # the rollout generates with the 4-bit weights before the one optimizer step; every lora_B starts at 0 and
     # moves only if gradient reached it through the frozen 4-bit layers above it
     untrained = [n for n, p in result.model.named_parameters() if "lora_B" in n and p.abs().sum() == 0]

@@ -1,4 +1,5 @@
-"""`python -m rlhf.compare DIR [DIR...] [--out DIR]`: one table and two plots that set runs side by side.
+"""`python -m rlhf.compare DIR [DIR...] [--out DIR]` (compare/__main__.py): one table and two plots that set
+runs side by side.
 
 A DIR is a multirun directory (outputs/multirun/<date>/<time>: every job in it) or one run's directory.
 The swept values are the overrides that differ between the runs (.hydra/overrides.yaml); where those
@@ -15,9 +16,7 @@ It reads the run directories only: no torch, no network, about a second.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from rlhf.errors import EXIT_CODE, UserError, report
-from rlhf.methods import METHOD_RESULTS
+from rlhf import methods
+from rlhf.errors import UserError
 
 # in compare.md's first line and in each plot's PNG metadata: marks a file that compare may rewrite
 MARK = "rlhf.compare"
@@ -185,14 +184,14 @@ def swept_keys(runs: list[Run]) -> list[str]:
         return differ
     # runs of one command line (e.g. a YAML edited between them): the resolved config tells them apart
     with_config = [run for run in runs if run.config]
-    keys = list(dict.fromkeys(k for run in with_config for k in flatten(run.config)))
+    keys = list(dict.fromkeys(k for run in with_config for k in config_keys(run.config)))
     return [k for k in keys if len({value(run, k) for run in with_config}) > 1]
 
 
-def flatten(node: dict[str, Any], prefix: str = "") -> list[str]:
+def config_keys(node: dict[str, Any], prefix: str = "") -> list[str]:
     keys = []
     for k, v in node.items():
-        keys += flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+        keys += config_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
     return keys
 
 
@@ -216,7 +215,7 @@ def eval_metrics(runs: list[Run]) -> list[str]:
 def table(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of strings: swept values first, then results, eval, cost and the run's name."""
     done = [run.summary for run in runs if run.summary]
-    results = [k for k in METHOD_RESULTS if any(s.get(k) is not None for s in done)]
+    results = [k for k in methods.result_keys() if any(s.get(k) is not None for s in done)]
     gpu = any(s.get("peak_gpu_mb") is not None for s in done)
     metrics = eval_metrics(runs)
     header = [*runs[0].swept, "train loss", *[k.replace("_", " ") for k in results]]
@@ -391,52 +390,3 @@ def is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-# --------------------------------------------------------------------------- the command
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line like every rlhf error, not argparse's usage block
-        report([f"{message}; fix: see `python -m rlhf.compare --help`"])
-        sys.exit(EXIT_CODE)
-
-
-def default_out(dirs: list[Path]) -> Path:
-    """A single sweep: its own directory. Otherwise the first directory's parent."""
-    if len(dirs) == 1 and not (dirs[0] / ".hydra").is_dir():
-        return dirs[0]
-    return dirs[0].resolve().parent
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = Parser(
-        prog="python -m rlhf.compare",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "dirs", nargs="+", type=Path, metavar="DIR", help="a multirun directory or a run directory"
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="DIR",
-        help="where the report goes (default: the multirun directory, else the first DIR's parent)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        runs = collect(args.dirs)
-        header, rows = table(runs)
-        print(text_table(header, rows))
-        written = write_report(runs, args.out or default_out(args.dirs), args.dirs)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        report([str(e)])
-        sys.exit(EXIT_CODE)
-    print(f"\nwrote {', '.join(p.name for p in written)} to {written[0].parent}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,193 @@
+"""What the method modules share: config rules, the LoRA adapter, trainer arguments, the metrics callback.
+
+Torch-free at import time, like the method modules' surfaces; peft, transformers and TRL are imported inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from rlhf.errors import Problems, UserError
+
+# --------------------------------------------------------------------------- config rules
+
+
+def check_training(m: Any, p: Problems) -> None:
+    """The rules of TrainingConfig's keys, which every method has."""
+    p.positive("method.learning_rate", m.learning_rate, "2e-4")
+    p.positive("method.num_epochs", m.num_epochs, "1")
+    p.check(
+        m.max_steps >= 0,
+        "method.max_steps",
+        m.max_steps,
+        "must be >= 0",
+        "use 0 (train num_epochs) or a step count",
+    )
+    p.check(
+        0 <= m.warmup_ratio < 1, "method.warmup_ratio", m.warmup_ratio, "must be in [0, 1)", "use e.g. 0.03"
+    )
+    p.positive("method.max_grad_norm", m.max_grad_norm, "1.0")
+    p.positive("method.logging_steps", m.logging_steps, "1")
+
+
+def check_lora(m: Any, p: Problems) -> None:
+    """LoraTrainingConfig's keys (target module names are checked against the model before it loads)."""
+    p.positive("method.lora_r", m.lora_r, "16")
+    p.positive("method.lora_alpha", m.lora_alpha, "32 (often 2 x lora_r)")
+    p.check(
+        0 <= m.lora_dropout < 1, "method.lora_dropout", m.lora_dropout, "must be in [0, 1)", "use e.g. 0.05"
+    )
+    tm = m.target_modules
+    p.check(
+        tm == "all-linear" or (not isinstance(tm, str) and len(tm) > 0),
+        "method.target_modules",
+        tm,
+        "must be all-linear or a non-empty list",
+        "use all-linear or a list of module names, e.g. [q_proj,v_proj]",
+    )
+
+
+def check_adapter_choice(m: Any, p: Problems) -> None:
+    """OptionalLoraConfig's `adapter`: lora, or none for full fine-tuning."""
+    p.one_of("method.adapter", m.adapter, ("lora", "none"))
+    if m.adapter == "lora":
+        check_lora(m, p)
+
+
+def check_sampling(m: Any, p: Problems) -> None:
+    """SamplingFields' keys."""
+    p.positive("method.max_new_tokens", m.max_new_tokens, "16")
+    p.positive("method.temperature", m.temperature, "1.0")
+    p.check(0 < m.top_p <= 1, "method.top_p", m.top_p, "must be in (0, 1]", "use 1.0 to turn it off")
+    p.check(m.top_k >= 0, "method.top_k", m.top_k, "must be >= 0", "use 0 to turn it off")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def lora_config(m: Any, task_type: str = "CAUSAL_LM"):
+    """The peft LoraConfig of a method node with lora_r / lora_alpha / lora_dropout / target_modules."""
+    from peft import LoraConfig
+
+    target = m.target_modules if isinstance(m.target_modules, str) else list(m.target_modules)
+    return LoraConfig(
+        r=m.lora_r,
+        lora_alpha=m.lora_alpha,
+        lora_dropout=m.lora_dropout,
+        target_modules=target,
+        task_type=task_type,  # SEQ_CLS also trains and saves the new score head
+    )
+
+
+def profile_batch(hw: Any, kind: str) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) of the profile: kind sft (sft, lora, prompt tuning) or pref."""
+    return getattr(hw, f"{kind}_batch_size"), getattr(hw, f"{kind}_grad_accum")
+
+
+def trainer_args(inputs: Any, batch: tuple[int, int], max_length: int | None = -1) -> dict[str, Any]:
+    """Every transformers / TRL config field that the hardware profile, the run and the method's shared keys
+    set, for the method's own config class (SFTConfig, DPOConfig, ...). TRL's configs default to bf16 and
+    gradient checkpointing even on a CPU, so nothing here is left to their defaults.
+
+    `max_length`: -1 for the profile's max_seq_length, None to leave the field out (GRPO has none).
+    """
+    hw, m = inputs.hardware, inputs.config
+    checkpointing = hw.gradient_checkpointing
+    args = {
+        # the hardware profile
+        "use_cpu": hw.device == "cpu",
+        "bf16": hw.precision == "bf16",
+        "fp16": hw.precision == "fp16",
+        "tf32": hw.tf32 if hw.device == "cuda" else None,
+        "per_device_train_batch_size": batch[0],
+        "gradient_accumulation_steps": batch[1],
+        # transformers 5 renamed gradient_checkpointing; TRL still defaults the old name to True: set both
+        "activation_checkpointing": checkpointing,
+        "gradient_checkpointing": checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
+        "optim": hw.optim,
+        "dataloader_num_workers": hw.dataloader_num_workers,
+        # the run
+        "output_dir": str(inputs.run.dir),
+        "save_strategy": "no",  # the run saves model/ itself, at the end: nothing else is written here
+        "report_to": [],  # the metrics callback writes metrics.jsonl and forwards each row to the tracker
+        "seed": inputs.run.seed,
+        "disable_tqdm": False,  # a progress bar while training
+        # the method's shared keys (TrainingConfig)
+        "learning_rate": m.learning_rate,
+        "num_train_epochs": m.num_epochs,
+        "max_steps": m.max_steps if m.max_steps > 0 else -1,
+        "lr_scheduler_type": m.lr_scheduler_type,
+        "warmup_steps": m.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the steps
+        "weight_decay": m.weight_decay,
+        "max_grad_norm": m.max_grad_norm,
+        "logging_steps": m.logging_steps,
+    }
+    if max_length is not None:
+        args["max_length"] = hw.max_seq_length if max_length == -1 else max_length
+    return args
+
+
+def metrics_callback(sink: Any):
+    """A transformers TrainerCallback that hands every trainer log to the metrics sink (rank 0 only)."""
+    from transformers import TrainerCallback
+
+    class ToMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                sink.write(state.global_step, state.epoch or 0.0, logs)
+
+    return ToMetrics()
+
+
+def last_logged(trainer: Any, key: str) -> float | None:
+    """The last value a trainer logged under `key`, or None."""
+    logged = [h[key] for h in trainer.state.log_history if key in h]
+    return logged[-1] if logged else None
+
+
+@contextlib.contextmanager
+def library_checks(trainer: str, inputs: Any) -> Iterator[None]:
+    """A value that the library's config or trainer rejects becomes one line naming it, like our own checks:
+    the method.* or hardware.* key its message names (else `method`), the library's words, the fix.
+
+    Wraps only the construction of a trainer and its config: errors raised while training keep their
+    traceback (they are not the user's to fix).
+    """
+    try:
+        yield
+    except ValueError as e:
+        import dataclasses
+
+        message = " ".join(str(e).split())[:300]
+        key = "method"
+        for group, node in (("method", inputs.config), ("hardware", inputs.hardware)):
+            named = [f.name for f in dataclasses.fields(node) if f.name in message]
+            if named:
+                key = f"{group}.{max(named, key=len)}={getattr(node, max(named, key=len))}"
+                break
+        raise UserError(
+            f"{key}: {trainer} rejected it ({message}); fix: change that value "
+            "(`python -m rlhf --cfg job` shows each)"
+        ) from e
+
+
+def field_choices(config_class: type, name: str) -> list[str]:
+    """The values a library's config field declares valid: its metadata's `choices`, else the values its help
+    text lists ("Possible values are: 'a', 'b'. ...").
+
+    TRL keeps most loss types in the field's help text only (the trainers check them at the first step, deep
+    in the loss), so the list is read from there: it follows the installed version, and no copy lives here.
+    """
+    import dataclasses
+    import re
+
+    field = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    if field.metadata.get("choices"):
+        return list(field.metadata["choices"])
+    help_text = field.metadata.get("help", "")
+    found = re.search(r"(?:Possible|Supported) values are:?(.*?)(?:\.\s|\.$)", help_text, re.S)
+    return re.findall(r"'([\w-]+)'", found.group(1)) if found else []

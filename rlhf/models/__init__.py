@@ -1,0 +1,133 @@
+"""Model + tokenizer for (model config, hardware profile).
+
+Every source ends as a plain Hugging Face directory that `from_pretrained` loads (models/sources.py), so
+a saved adapter's `base_model_name_or_path` always points at something transformers and peft can load
+again. `python -m rlhf.models [overrides]` prepares a run's base model ahead of it (models/__main__.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from rlhf import hardware, hub
+from rlhf.errors import UserError
+from rlhf.models.sources import config_of, local_dir
+
+
+def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
+    """(model, tokenizer) ready to train on the profile's device.
+
+    `head` is causal-lm, or sequence-classification for a reward model (one score per sequence).
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    path = local_dir(cfg, Path(cache_dir).expanduser())
+    if not Path(path).exists():
+        hub.check_model(cfg.path, cfg.revision)
+    common = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        config = AutoConfig.from_pretrained(path, **common)
+        tokenizer = AutoTokenizer.from_pretrained(path, **common)
+    except OSError as e:
+        raise UserError(
+            f"model.path={cfg.path}: cannot be loaded ({_first_line(e)}); fix: connect to the network once so "
+            "the hub caches it (gated models also need `hf auth login`), or set model.path to a local directory"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    quant = hardware.quantization(hw, count_params(config) / 1e9)
+    auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
+    extra = {} if head == "causal-lm" else {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    model = auto.from_pretrained(
+        path,
+        **common,
+        **extra,
+        dtype=hardware.dtype(hw.model_dtype),
+        quantization_config=quant,
+        device_map={"": hardware.device(hw)},
+        use_safetensors=True,
+    )
+    if quant is not None and hw.device == "cpu":
+        keep_4bit_trainable(model)
+    return model, tokenizer
+
+
+def count_params(config) -> int:
+    """Parameter count from the config alone (the model is built on the meta device: no memory)."""
+    return sum(p.numel() for p in meta_model(config).parameters())
+
+
+def meta_model(config):
+    """The model a config describes, built on the meta device: its modules and shapes, no memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def module_names(cfg: DictConfig, cache_dir: str) -> dict[str, str]:
+    """Every module of the model by its dotted name, with its class name (what LoRA's target_modules match).
+
+    No weights load: the config is read from the model's YAML, directory or hub cache, and the model built on
+    the meta device.
+    """
+    if cfg.source == "pretrained" and not Path(local_dir(cfg, Path(cache_dir))).exists():
+        hub.check_model(cfg.path, cfg.revision)
+    try:
+        config = config_of(cfg, Path(cache_dir).expanduser())
+    except OSError as e:
+        raise UserError(
+            f"model.path={cfg.path}: cannot be loaded ({_first_line(e)}); fix: connect to the network once so "
+            "the hub caches it (gated models also need `hf auth login`), or set model.path to a local directory"
+        ) from None
+    return {name: type(module).__name__ for name, module in meta_model(config).named_modules() if name}
+
+
+def keep_4bit_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On a CPU with AVX512-BF16, a Linear4bit forward pass without gradients repacks its weight into an
+    inference-only layout; every later forward pass then runs a kernel autograd cannot see through, and the
+    LoRA adapters below it silently get zero gradients. Generating samples before training triggers exactly
+    that, so the repacking is switched off for models we train.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def save(model, tokenizer, out: Path) -> None:
+    """Adapter (PEFT) or full weights, as safetensors, with the tokenizer: loads with transformers / peft."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def save_merged(model, tokenizer, out: Path) -> None:
+    """The LoRA adapter folded into the base weights: a plain model that needs no peft to load.
+
+    Merging changes the weights in place, so it runs after everything else has used the adapter model.
+    """
+    model.merge_and_unload().save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def trainable_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__

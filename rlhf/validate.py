@@ -1,0 +1,160 @@
+"""`validate(cfg)`: every problem in the composed config, all at once, before torch is imported.
+
+The rules of each group live here, except a method's own keys, whose rules are its module's `validate`
+(rlhf/methods/). The cross-group rules (hardware x method, export x method) are the few at the end. Each
+problem reads `key=value: rule; fix: what to do`.
+
+Choices whose lists belong to a library (schedulers, optimizers, loss types, the model's module names)
+are checked by `rlhf.choices` after this, still before any weights load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from rlhf import data, methods
+from rlhf.errors import Problems
+from rlhf.hub import looks_local
+from rlhf.methods._common import check_training
+from rlhf.tracking import has_api_key
+
+MODEL_SOURCES = ("pretrained", "gguf", "tiny")
+DEVICES = ("cpu", "cuda", "auto")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+QUANT_TYPES = ("nf4", "fp4")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Collect every problem in the composed config and raise them together (a ConfigError)."""
+    p = Problems()
+    p.check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0", "use a non-negative integer, e.g. seed=42")
+    p.positive("samples.max_new_tokens", cfg.samples.max_new_tokens, "64")
+
+    m = cfg.model
+    p.one_of("model.source", m.source, MODEL_SOURCES)
+    if m.source == "pretrained" and looks_local(m.path):
+        p.check(
+            (Path(m.path).expanduser() / "config.json").is_file(),
+            "model.path",
+            m.path,
+            "not a model directory (no config.json)",
+            "give a directory saved by save_pretrained, or a hub id such as Qwen/Qwen2.5-3B",
+        )
+    if m.source == "gguf":
+        p.check(
+            bool(m.gguf_file),
+            "model.gguf_file",
+            m.gguf_file,
+            "empty",
+            "name the .gguf file inside the package",
+        )
+
+    t = cfg.method
+    method = methods.get(t.name)
+    check_training(t, p)
+    method.validate(t, p)
+
+    e = cfg.eval
+    p.check(
+        e.limit is None or e.limit > 0, "eval.limit", e.limit, "must be positive", "use null (all) or e.g. 50"
+    )
+    p.check(
+        e.num_fewshot is None or e.num_fewshot >= 0,
+        "eval.num_fewshot",
+        e.num_fewshot,
+        "must be >= 0",
+        "use null or 0",
+    )
+    p.positive("eval.batch_size", e.batch_size, "16")
+
+    h = cfg.hardware
+    p.one_of("hardware.device", h.device, DEVICES)
+    p.one_of("hardware.precision", h.precision, PRECISIONS)
+    p.one_of("hardware.model_dtype", h.model_dtype, DTYPES)
+    p.one_of("hardware.bnb_4bit_compute_dtype", h.bnb_4bit_compute_dtype, DTYPES)
+    p.one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
+    for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum"):
+        p.positive(f"hardware.{key}", h[key], "4")
+    p.check(
+        h.max_seq_length >= 16, "hardware.max_seq_length", h.max_seq_length, "must be >= 16", "use e.g. 512"
+    )
+    p.check(
+        h.quantize_min_params_b >= 0,
+        "hardware.quantize_min_params_b",
+        h.quantize_min_params_b,
+        "must be >= 0",
+        "use 0 to quantize every model",
+    )
+    p.check(
+        not (h.device == "cpu" and h.precision == "fp16"),
+        "hardware.precision",
+        h.precision,
+        "fp16 mixed precision needs a GPU",
+        "on cpu use fp32, bf16 or auto",
+    )
+    p.check(
+        not (h.optim.startswith("paged_") and h.device == "cpu"),
+        "hardware.optim",
+        h.optim,
+        "paged optimizers need CUDA",
+        "on cpu use hardware.optim=adamw_torch",
+    )
+
+    r = cfg.reward
+    p.one_of("reward.name", r.name, ("keyword", "model", "mix"))
+    if r.name == "mix":
+        p.check(
+            len(r.components) == len(r.weights) > 0,
+            "reward.weights",
+            list(r.weights),
+            f"needs one weight per component of reward.components={list(r.components)}",
+            "give as many weights as components, e.g. reward.weights=[1.0,0.5]",
+        )
+
+    d = cfg.data
+    p.one_of("data.format", d.format, ("auto", *data.FORMATS))
+    p.check(
+        d.max_samples >= 0,
+        "data.max_samples",
+        d.max_samples,
+        "must be >= 0",
+        "use 0 (all rows) or a row count",
+    )
+
+    if cfg.logger.name == "wandb":
+        p.one_of("logger.mode", cfg.logger.mode, ("auto", "offline", "online"))
+        p.check(
+            cfg.logger.mode != "online" or has_api_key(),
+            "logger.mode",
+            cfg.logger.mode,
+            "no wandb API key (WANDB_API_KEY, or a netrc entry that `wandb login` writes)",
+            "run `wandb login` or set WANDB_API_KEY; logger.mode=auto runs offline without a key",
+        )
+
+    # cross-group rules: what the method trains against the hardware profile and the export
+    kind = method.adapter_kind(t)
+    p.check(
+        not cfg.export.merge or kind == "lora",
+        "export.merge",
+        cfg.export.merge,
+        f"method={t.name} trains no LoRA adapter to merge",
+        "drop export.merge (model/ already loads on its own), or train LoRA (method=lora)",
+    )
+    p.check(
+        not (h.precision == "fp16" and h.model_dtype == "float16" and kind is None),
+        "hardware.model_dtype",
+        h.model_dtype,
+        "full fine-tuning with fp16 needs float32 master weights",
+        "set hardware.model_dtype=float32",
+    )
+    p.check(
+        not (h.load_in_4bit and kind is None),
+        "hardware.load_in_4bit",
+        h.load_in_4bit,
+        "4-bit weights cannot be fully fine-tuned",
+        "train a LoRA adapter (method=lora, or method.adapter=lora) or set hardware.load_in_4bit=false",
+    )
+    p.raise_if_any()

@@ -1,0 +1,71 @@
+"""Each hardware profile maps to the trainer arguments of PRODUCT.md; no TRL default leaks through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlhf import hardware
+from rlhf.methods import RunInfo
+from rlhf.methods._common import field_choices, profile_batch, trainer_args
+
+# profile -> (bf16, fp16, batch, accumulation, checkpointing, optimizer, max length)
+EXPECTED = {
+    "t4": (False, True, 4, 4, True, "paged_adamw_32bit", 512),
+    "a100": (True, False, 12, 2, False, "adamw_torch_fused", 1024),
+    "rtx4060-8gb": (True, False, 1, 16, True, "paged_adamw_8bit", 256),
+}
+PREFERENCE = {"t4": (2, 8), "a100": (8, 2), "rtx4060-8gb": (1, 16)}
+
+
+def inputs_for(cfg, hw):
+    return SimpleNamespace(hardware=hw, config=cfg.method, run=RunInfo(dir=Path("/tmp/run"), seed=cfg.seed))
+
+
+@pytest.mark.parametrize("profile", sorted(EXPECTED))
+def test_gpu_profiles_map_to_the_documented_trainer_arguments(make_cfg, profile):
+    cfg = make_cfg(f"hardware={profile}")
+    hw = OmegaConf.to_object(cfg.hardware)  # a GPU profile's precision is already concrete
+    args = trainer_args(inputs_for(cfg, hw), profile_batch(hw, "sft"))
+    got = (
+        args["bf16"],
+        args["fp16"],
+        args["per_device_train_batch_size"],
+        args["gradient_accumulation_steps"],
+        args["gradient_checkpointing"],
+        args["optim"],
+        args["max_length"],
+    )
+    assert got == EXPECTED[profile]
+    assert args["activation_checkpointing"] == args["gradient_checkpointing"]
+    assert args["use_cpu"] is False
+    assert profile_batch(hw, "pref") == PREFERENCE[profile]
+    assert args["tf32"] is (profile != "t4")
+
+
+def test_cpu_profile_reaches_the_trainer_config_without_trl_defaults(make_cfg, tmp_path):
+    from trl import SFTConfig
+
+    cfg = make_cfg("hardware=cpu")
+    hw = hardware.resolve(cfg.hardware)
+    config = SFTConfig(**trainer_args(inputs_for(cfg, hw), profile_batch(hw, "sft")))
+    # TRL defaults: bf16=True and gradient_checkpointing=True; the profile decides both
+    assert config.bf16 == (hw.precision == "bf16") and hw.precision in ("bf16", "fp32")
+    assert config.gradient_checkpointing is False and config.activation_checkpointing is False
+    assert config.use_cpu and config.optim == "adamw_torch" and config.max_length == 512
+    assert config.save_strategy == "no" and config.report_to == []
+    cfg32 = make_cfg("hardware=cpu", "hardware.precision=fp32")
+    hw32 = hardware.resolve(cfg32.hardware)
+    fp32 = SFTConfig(**trainer_args(inputs_for(cfg32, hw32), profile_batch(hw32, "sft")))
+    assert fp32.bf16 is False and fp32.fp16 is False
+
+
+def test_loss_types_are_read_from_trls_own_configs():
+    from trl import DPOConfig, GRPOConfig
+
+    dpo = field_choices(DPOConfig, "loss_type")
+    assert {"sigmoid", "ipo", "hinge", "robust"} <= set(dpo) and "dapo" not in dpo
+    assert {"grpo", "dr_grpo", "dapo", "bnpo"} <= set(field_choices(GRPOConfig, "loss_type"))
