@@ -116,6 +116,8 @@ def install_hydra_reporter() -> None:
     """
     import hydra._internal.utils as hydra_utils
 
+    if getattr(hydra_utils.run_and_report, "reports_bad_input", False):  # installed already (in-process runs)
+        return
     original = hydra_utils.run_and_report
 
     def run_and_report(func: Callable[[], Any]) -> Any:
@@ -128,6 +130,7 @@ def install_hydra_reporter() -> None:
             print_errors(problems)
             sys.exit(EXIT_CODE)
 
+    run_and_report.reports_bad_input = True
     hydra_utils.run_and_report = run_and_report
 
     # Hydra also writes "Error executing job with overrides: [...]" above any job's error; for bad input

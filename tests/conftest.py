@@ -5,9 +5,13 @@ Nothing here needs the network; the tiny model is built once per session into a 
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,12 @@ from hydra import compose, initialize_config_dir
 
 from rlhf import config, runtime
 
-runtime.startup()  # as every entrypoint does: in-process training tests run faster
+# MKL's AVX2 branch, which rlhf picks on AMD CPUs for real models' matmuls (rlhf.runtime.tune_blas), takes
+# ~300x longer on the tiny test model's 64-wide ones (5.3 ms vs 17 us for 256x64 @ 64x64, on a 2-core AMD
+# EPYC): the tests, whose results do not depend on MKL's code path, keep MKL's own choice. Set before the
+# first matmul; subprocesses inherit it.
+os.environ.setdefault("MKL_CBWR", "AUTO")
+runtime.startup()  # as every entrypoint does otherwise: malloc tuning, quiet libraries
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -50,9 +59,59 @@ def tiny(make_cfg):
     return load
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str], drop: tuple[str, ...] = ()):
+    """os.environ with these values set and keys starting with `drop` removed, restored afterwards."""
+    saved = dict(os.environ)
+    for key in [k for k in os.environ if k.startswith(drop)] if drop else []:
+        del os.environ[key]
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def in_process(main, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run an entrypoint's main in this process as its command would run: the same argv, environment,
+    stdout, stderr and exit status (SystemExit), without a new interpreter importing torch and TRL again."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    code = 0
+    GlobalHydra.instance().clear()
+    with environment(env, drop=("WANDB_", "HYDRA_FULL_ERROR")), redirect_stdout(out), redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            GlobalHydra.instance().clear()
+            root.handlers[:], root.level = handlers, level  # Hydra's job logging points into the run dir
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def rlhf_cli(cache_dir):
+    """rlhf_cli(*args) -> CompletedProcess of `python -m rlhf args...`, run in this process (the real Hydra
+    app: compose, validate, train, report), with the session's model cache and no wandb key."""
+    from rlhf import __main__ as app
+    from rlhf import cli
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        full_env = {"RLHF_CACHE_DIR": str(cache_dir), "NETRC": str(cache_dir / "no-netrc"), **(env or {})}
+        return in_process(lambda argv: cli.run(app.start, argv), list(args), full_env)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def run_rlhf(cache_dir):
-    """run_rlhf(*args) -> CompletedProcess of `python -m rlhf args...` with the session's model cache."""
+    """run_rlhf(*args) -> CompletedProcess of `python -m rlhf args...` in a new process, for tests whose point
+    is the process (its exit status as a shell sees it, a console script, several processes)."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         # no wandb key or mode from the developer's machine: runs stay offline (logger=wandb is the default)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -127,7 +128,8 @@ def test_validate_reports_every_problem_at_once(make_cfg):
         validate(cfg)
     keys = [problem.split("=")[0] for problem in err.value.problems]
     assert keys == ["method.learning_rate", "method.lora_r", "hardware.precision"]
-    assert all("; " in p or ": " in p for p in err.value.problems)
+    # each reads key=value: rule; fix: what to do
+    assert all(re.fullmatch(r"[\w.]+=\S+: [^;]+; fix: .+", p) for p in err.value.problems), err.value.problems
 
 
 def _run_without_torch(args: list[str]) -> subprocess.CompletedProcess:
@@ -143,11 +145,20 @@ def _run_without_torch(args: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "args", [["--cfg", "job"], ["--help"], ["hparams_search=lora_optuna", "--cfg", "job"]]
+    "args",
+    [
+        ["--cfg", "job"],
+        ["--help"],
+        ["hparams_search=lora_optuna", "--cfg", "job"],
+        ["method=ppo", "method.gamma=2"],
+    ],
 )
-def test_cfg_job_and_help_do_not_import_torch(args):
+def test_cfg_job_help_and_validation_do_not_import_torch(args):
     out = _run_without_torch(args)
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    if args[-1] == "method.gamma=2":  # validate found it, every method module loaded, and torch did not
+        assert out.stderr.startswith("error: method.gamma=2.0: must be in [0, 1]")
+        return
     if args == ["--help"]:
         assert f"method: {', '.join(methods.names())}" in out.stdout and "schema/" not in out.stdout
         assert out.stdout.startswith("rlhf: ") and "powered by Hydra" not in out.stdout
@@ -186,7 +197,8 @@ def test_every_preset_has_a_pinned_config():
     assert {f"experiment={e}" for e in options("experiment")} <= pinned
 
 
-def test_a_method_is_its_module_and_its_yaml(tmp_path):
+@pytest.mark.parametrize("gone", ["grpo", "rloo", "kto", "prefix-tuning"])
+def test_a_method_is_its_module_and_its_yaml(tmp_path, gone):
     """Remove one method's module and YAML from a copy of the project: it is gone from the options, --help
     and the errors, and everything else still composes, with no other edit."""
     import shutil
@@ -195,8 +207,7 @@ def test_a_method_is_its_module_and_its_yaml(tmp_path):
         shutil.copytree(
             ROOT / part, tmp_path / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
         )
-    gone = "grpo"
-    (tmp_path / "rlhf" / "methods" / f"{gone}.py").unlink()
+    (tmp_path / "rlhf" / "methods" / f"{gone.replace('-', '_')}.py").unlink()
     (tmp_path / "conf" / "method" / f"{gone}.yaml").unlink()
     rest = [m for m in methods.names() if m != gone]
 

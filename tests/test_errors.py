@@ -176,10 +176,10 @@ CASES = [
 
 
 @pytest.mark.parametrize("overrides,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_ends_with_one_clear_line(run_rlhf, tmp_path, overrides, expected):
+def test_bad_input_ends_with_one_clear_line(rlhf_cli, tmp_path, overrides, expected):
     run_dir = tmp_path / "run"
     # HF_HUB_OFFLINE: the hub case must never start a download where a network happens to exist
-    out = run_rlhf(*overrides(tmp_path), f"hydra.run.dir={run_dir}", env={"HF_HUB_OFFLINE": "1"})
+    out = rlhf_cli(*overrides(tmp_path), f"hydra.run.dir={run_dir}", env={"HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
@@ -190,8 +190,8 @@ def test_bad_input_ends_with_one_clear_line(run_rlhf, tmp_path, overrides, expec
     assert not (tmp_path / "cache" / "models").exists(), "checked before any model was built or loaded"
 
 
-def test_several_config_errors_are_reported_together(run_rlhf, tmp_path):
-    out = run_rlhf(
+def test_several_config_errors_are_reported_together(rlhf_cli, tmp_path):
+    out = rlhf_cli(
         "method.lora_r=-1", "method.lora_alpha=0", "hardware.max_seq_length=4", f"hydra.run.dir={tmp_path}/r"
     )
     assert out.returncode == 2
@@ -203,11 +203,11 @@ def test_several_config_errors_are_reported_together(run_rlhf, tmp_path):
     ]
 
 
-def test_existing_run_dir_is_refused_and_left_untouched(run_rlhf, tmp_path):
+def test_existing_run_dir_is_refused_and_left_untouched(rlhf_cli, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    out = run_rlhf("model=tiny", f"hydra.run.dir={mine}")
+    out = rlhf_cli("model=tiny", f"hydra.run.dir={mine}")
     assert out.returncode == 2 and "already holds files; fix: choose a new directory" in out.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (
         mine / "notes.txt"
@@ -217,3 +217,14 @@ def test_existing_run_dir_is_refused_and_left_untouched(run_rlhf, tmp_path):
 def test_full_error_shows_the_traceback(run_rlhf, tmp_path):
     out = run_rlhf("data.path=nosuchset", f"hydra.run.dir={tmp_path}/r", env={"HYDRA_FULL_ERROR": "1"})
     assert out.returncode != 0 and "Traceback" in out.stderr and "UserError" in out.stderr
+
+
+def test_a_real_process_exits_2_with_one_line(run_rlhf, tmp_path):
+    """What a shell sees (the cases above run in-process): status 2, one line on stderr, no traceback."""
+    out = run_rlhf(
+        "model=tiny", "method.lora_dropout=1.5", "data.path=nosuchset", f"hydra.run.dir={tmp_path}/r"
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        "error: method.lora_dropout=1.5: must be in [0, 1); fix: use e.g. 0.05",
+    ]

@@ -1,4 +1,5 @@
-"""`python -m rlhf` end to end on the tiny model: a complete run directory whose model/ loads as it is."""
+"""`python -m rlhf` end to end on the tiny model (in-process: the real Hydra app): a complete run directory
+whose model/ loads as it is; and under `accelerate launch` with two processes."""
 
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ SUMMARY_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def lora_run(run_rlhf, tmp_path_factory):
+def lora_run(rlhf_cli, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "lora"
-    out = run_rlhf("model=tiny", "method=lora", "method.max_steps=3", f"hydra.run.dir={run_dir}")
+    out = rlhf_cli("model=tiny", "method=lora", "method.max_steps=3", f"hydra.run.dir={run_dir}")
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir, out
 
@@ -73,10 +74,10 @@ def test_saved_adapter_loads_with_autopeft(lora_run):
     assert any("lora_B" in n and p.abs().sum() > 0 for n, p in model.named_parameters())
 
 
-def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
+def test_full_sft_run_saves_a_plain_transformers_model(rlhf_cli, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    out = run_rlhf(
+    out = rlhf_cli(
         "model=tiny",
         "method=sft",
         "method.max_steps=2",
@@ -92,9 +93,9 @@ def test_full_sft_run_saves_a_plain_transformers_model(run_rlhf, tmp_path):
 
 # every method that reports results of its own (preference and RL methods), from the registry
 @pytest.mark.parametrize("method", [name for name, m in methods.registry().items() if m.RESULTS])
-def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, method):
+def test_preference_and_rl_methods_write_a_complete_run(rlhf_cli, tmp_path, method):
     run_dir = tmp_path / method
-    out = run_rlhf(
+    out = rlhf_cli(
         "model=tiny", f"method={method}", "method.max_steps=2", "eval.limit=2", f"hydra.run.dir={run_dir}"
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -115,16 +116,16 @@ def test_preference_and_rl_methods_write_a_complete_run(run_rlhf, tmp_path, meth
         assert {s["stage"] for s in samples} == {"before", "after"}
 
 
-def test_three_stages_chain_sft_rm_ppo(run_rlhf, tmp_path):
+def test_three_stages_chain_sft_rm_ppo(rlhf_cli, tmp_path):
     """sft -> rm -> ppo, each stage reading the previous one's output directory (README: three stages)."""
-    sft = run_rlhf(
+    sft = rlhf_cli(
         "model=tiny", "method=sft", "method.max_steps=2", "eval=none", f"hydra.run.dir={tmp_path}/sft"
     )
     assert sft.returncode == 0, sft.stderr[-2000:]
     policy = f"model.source=pretrained model.path={tmp_path}/sft/model".split()
-    rm = run_rlhf("model=tiny", *policy, "method=rm", "method.max_steps=2", f"hydra.run.dir={tmp_path}/rm")
+    rm = rlhf_cli("model=tiny", *policy, "method=rm", "method.max_steps=2", f"hydra.run.dir={tmp_path}/rm")
     assert rm.returncode == 0, rm.stderr[-2000:]
-    ppo = run_rlhf(
+    ppo = rlhf_cli(
         "model=tiny", *policy, "method=ppo", "method.max_steps=2", "reward=mix", "eval=none",
         f"reward.model_path={tmp_path}/rm/model", f"hydra.run.dir={tmp_path}/ppo",
     )  # fmt: skip

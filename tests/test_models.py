@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import torch
 
@@ -64,13 +61,20 @@ def test_trainable_parameter_count(tiny):
     assert trainable == total == sum(p.numel() for p in model.parameters())
 
 
-def test_prepare_caches_what_the_run_computes_about_its_base(make_cfg, run_rlhf, tmp_path):
-    """`python -m rlhf.models` (make setup): the model, its base scores and its base sample generations
-    land where a run with the same settings reads them; bad input: one line."""
-    env = {**os.environ, "RLHF_CACHE_DIR": str(tmp_path)}
-    cmd = [sys.executable, "-m", "rlhf.models"]
+def test_prepare_caches_what_the_run_computes_about_its_base(make_cfg, rlhf_cli, tmp_path):
+    """`python -m rlhf.models` (make setup), in-process: the model, its base scores and its base sample
+    generations land where a run with the same settings reads them; bad input: one line."""
+    from rlhf import cli
+    from rlhf.models import __main__ as command
+    from tests.conftest import in_process
+
+    env = {"RLHF_CACHE_DIR": str(tmp_path)}
+
+    def prepare(*args: str):
+        return in_process(lambda argv: cli.run(command.prepare, argv), list(args), env)
+
     settings = ["model=tiny", "hardware=cpu", "eval.tasks=[rlhf_general_mc]", "eval.limit=2"]
-    done = subprocess.run([*cmd, *settings], capture_output=True, text=True, env=env, timeout=300)
+    done = prepare(*settings)
     assert done.returncode == 0, done.stderr
     ready = models.Path(re.search(r"ready in (\S+)", done.stdout).group(1))
     stamp = (ready / "model.safetensors").stat().st_mtime_ns
@@ -81,10 +85,10 @@ def test_prepare_caches_what_the_run_computes_about_its_base(make_cfg, run_rlhf,
     marked = [f"cached {i}" for i, _ in enumerate(json.loads(cached_samples.read_text()))]
     cached_samples.write_text(json.dumps(marked))
     run_dir = tmp_path / "run"
-    out = run_rlhf(*settings, "method.max_steps=1", "logger=none", f"hydra.run.dir={run_dir}", env=env)
+    out = rlhf_cli(*settings, "method.max_steps=1", "logger=none", f"hydra.run.dir={run_dir}", env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads((run_dir / "eval.json").read_text())["base_from_cache"] is True
     rows = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
     assert [r["completion"] for r in rows if r["stage"] == "before"] == marked
-    bad = subprocess.run([*cmd, "model=nope"], capture_output=True, text=True, env=env, timeout=300)
+    bad = prepare("model=nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -6,7 +6,7 @@ import torch
 
 from rlhf import models
 from rlhf.methods import dpo
-from tests.conftest import make_inputs
+from tests.conftest import Rows, make_inputs
 from tests.methods.test_rm import pairs
 
 
@@ -36,8 +36,25 @@ def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
         "method.learning_rate=1e-3",
     )
     model, tokenizer = tiny()
-    ref = dpo.frozen_copy(model)
-    assert ref is not model and not any(p.requires_grad for p in ref.parameters())
-    result = dpo.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path))
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    copies = []
+    original = dpo.frozen_copy
+
+    def spy(m):
+        copies.append(original(m))
+        return copies[-1]
+
+    dpo.frozen_copy, log = spy, Rows()
+    try:
+        result = dpo.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path, log))
+    finally:
+        dpo.frozen_copy = original
     assert models.trainable_parameters(result.model)[0] == models.trainable_parameters(result.model)[1]
-    assert result.extra["reward_margin"] is not None
+    (ref,) = copies
+    assert ref is not result.model and not any(p.requires_grad for p in ref.parameters())
+    # the reference stayed where the policy started, while every step moved the policy away from it ...
+    assert all(torch.equal(initial[n], p) for n, p in ref.named_parameters())
+    assert any(not torch.equal(initial[n], p) for n, p in result.model.named_parameters())
+    # ... so DPO's implicit rewards, beta x (log pi - log pi_ref), start at 0 and then do not
+    chosen = [r["rewards/chosen"] for r in log.rows if "rewards/chosen" in r]
+    assert abs(chosen[0]) < 1e-6 and abs(chosen[-1]) > 1e-6, chosen

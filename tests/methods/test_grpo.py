@@ -7,12 +7,13 @@ from rlhf.methods import grpo
 from tests.conftest import make_inputs
 
 
-def test_grpo_trains_the_adapter_with_the_keyword_reward(make_cfg, tiny, tmp_path):
+def test_grpo_trains_the_adapter_on_every_reward_component(make_cfg, tiny, tmp_path):
     from rlhf.metrics import MetricsFile
 
     cfg = make_cfg(
-        "model=tiny", "hardware=cpu", "method=grpo", "method.max_steps=2", "method.num_generations=4"
-    )
+        "model=tiny", "hardware=cpu", "method=grpo", "method.max_steps=2", "method.num_generations=4",
+        "method.learning_rate=1e-2",
+    )  # fmt: skip
     model, tokenizer = tiny()
     rows = data.load(cfg.data, grpo.DATA_FORMATS, "grpo").rows
     calls = []
@@ -23,14 +24,21 @@ def test_grpo_trains_the_adapter_with_the_keyword_reward(make_cfg, tiny, tmp_pat
         calls.append(len(completions))
         return score(prompts=prompts, completions=completions)
 
+    def length(prompts, completions, **kwargs):  # the random tiny model never says a keyword: this varies
+        return [float(len(rewards.text_of(c))) for c in completions]
+
     counting.__name__ = "keyword"
     keyword.func = counting
     log = MetricsFile(tmp_path / "metrics.jsonl")
-    result = grpo.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, log, rewards=[keyword]))
+    components = [keyword, rewards.Reward("length", length, 0.1)]
+    result = grpo.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, log, rewards=components))
     assert calls == [4, 4]  # num_generations completions of one prompt per step
-    assert any("rewards/keyword/mean" in r for r in log.rows)
-    assert result.extra["final_reward_mean"] is not None
-    assert any("lora_" in n for n, p in result.model.named_parameters() if p.requires_grad)
+    logged = [r for r in log.rows if "rewards/keyword/mean" in r]
+    assert len(logged) == 2 and all("rewards/length/mean" in r for r in logged)
+    assert result.extra["final_reward_mean"] == logged[-1]["reward"]
+    # every lora_B starts at 0: it moved only if the rewards' advantages reached it
+    moved = [bool(p.abs().sum() > 0) for n, p in result.model.named_parameters() if "lora_B" in n]
+    assert moved and all(moved)
 
 
 def test_4bit_grpo_policy_trains_every_adapter_tensor(make_cfg, tiny, tmp_path):
