@@ -4,7 +4,9 @@ Every format becomes rows that TRL's trainers take as they are:
 - alpaca, question_decomposition, chat -> {"prompt": [messages], "completion": [assistant message]}
   (the trainer applies the model's chat template and computes the loss on the completion only);
 - prompts -> {"prompt": [messages]};
-- preference -> {"prompt": [messages], "chosen": [message], "rejected": [message]}.
+- preference -> {"prompt": [messages], "chosen": [message], "rejected": [message]};
+- unpaired -> {"prompt": [messages], "completion": [assistant message], "label": bool} (KTO: one completion
+  marked desirable or not, no pair needed).
 
 Reading is plain Python (no torch, no datasets) so bad data fails in milliseconds, before weights load.
 """
@@ -25,6 +27,7 @@ SHIPPED = Path(__file__).parent / "datasets"
 # the keys that identify each format, checked in this order when data.format=auto
 SIGNATURES = [
     ("preference", {"chosen", "rejected"}),
+    ("unpaired", {"prompt", "completion", "label"}),  # before prompts: it has a prompt too
     ("question_decomposition", {"question", "sub_questions"}),
     ("alpaca", {"instruction", "output"}),
     ("chat", {"messages"}),
@@ -49,6 +52,7 @@ EXAMPLE_OPTION = {
     "question_decomposition": "question-decomposition",
     "prompts": "sentiment-prompts",
     "preference": "preferences",
+    "unpaired": "unpaired",
 }
 
 
@@ -166,7 +170,8 @@ def _detect(record: dict, source: str) -> str:
     raise UserError(
         f"{source}: cannot tell the data format from the keys {sorted(record)}; fix: use alpaca "
         "(instruction/input/output), chat (messages), question_decomposition (question/sub_questions), "
-        "prompts (prompt) or preference (prompt/chosen/rejected), or set data.format"
+        "prompts (prompt), preference (prompt/chosen/rejected) or unpaired (prompt/completion/label), "
+        "or set data.format"
     )
 
 
@@ -206,6 +211,14 @@ def convert(fmt: str, record: dict, where: str, cfg: DictConfig) -> list[dict[st
                 "rejected": [{"role": "assistant", "content": text("rejected")}],
             }
         ]
+    if fmt == "unpaired":
+        label = record.get("label")
+        if not (type(label) is bool or (type(label) is int and label in (0, 1))):
+            raise UserError(
+                f"{where}: 'label' must be true / false (or 1 / 0) for unpaired data, "
+                f"got {json.dumps(label)}; fix: that row (true: a desirable completion)"
+            )
+        return [{**_pair(user_prompt(fmt, text("prompt"), cfg), text("completion")), "label": bool(label)}]
     raise UserError(
         f"data.format={fmt}: unknown format; fix: use one of alpaca, chat, question_decomposition"
     )

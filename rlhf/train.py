@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf import sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
 from rlhf.runtime import is_main_process
-from rlhf.validate import validate
+from rlhf.validate import check_resolved_profile, validate
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -41,6 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         )
 
         hw = config.resolve_hardware(cfg.hardware)  # auto -> the profile this machine gets; CUDA needs CUDA
+        check_resolved_profile(cfg, hw)  # the method x hardware rules again, on the profile auto picked
         choices.check(cfg)  # the libraries' own lists: scheduler, optimizer, loss type, target modules
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models

@@ -134,7 +134,17 @@ def validate(cfg: DictConfig) -> None:
             "run `wandb login` or set WANDB_API_KEY; logger.mode=auto runs offline without a key",
         )
 
-    # cross-group rules: what the method trains against the hardware profile and the export
+    check_method_and_profile(cfg, h, p)
+    p.raise_if_any()
+
+
+def check_method_and_profile(cfg: DictConfig, h, p: Problems) -> None:
+    """The cross-group rules: what the method trains against the hardware profile and the export, and the
+    method's own rules on the profile (its optional `check_hardware`). `validate` applies them to the composed
+    profile; the run applies them again to the profile hardware=auto picks (rlhf.train), since a GPU profile
+    can differ from the cpu one auto composes with (t4 checkpoints, rtx4060-8gb has a batch of 1)."""
+    t = cfg.method
+    method = methods.get(t.name)
     kind = method.adapter_kind(t)
     p.check(
         not cfg.export.merge or kind == "lora",
@@ -157,4 +167,12 @@ def validate(cfg: DictConfig) -> None:
         "4-bit weights cannot be fully fine-tuned",
         "train a LoRA adapter (method=lora, or method.adapter=lora) or set hardware.load_in_4bit=false",
     )
+    if hasattr(method, "check_hardware"):
+        method.check_hardware(t, h, p)
+
+
+def check_resolved_profile(cfg: DictConfig, hw) -> None:
+    """The cross-group rules again, on the profile the run resolved (hardware=auto's pick), raised at once."""
+    p = Problems()
+    check_method_and_profile(cfg, hw, p)
     p.raise_if_any()

@@ -113,3 +113,53 @@ def test_the_shipped_instruction_set_trains_on_its_first_rows_and_a_users_file_o
     own = tmp_path / "own.jsonl"
     own.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(90)))
     assert len(data.load(make_cfg(f"data.path={own}").data, SFT, "lora").rows) == 90
+
+
+def test_unpaired_rows_a_user_writes_are_detected_and_labelled(make_cfg, tmp_path):
+    f = tmp_path / "feedback.jsonl"
+    records = [
+        {"prompt": "Say hi.", "completion": "Hi!", "label": True},
+        {"prompt": "Say hi.", "completion": "Go away.", "label": False},
+        {"prompt": "Add 2 and 2.", "completion": "4", "label": 1},
+        {"prompt": "Add 2 and 2.", "completion": "5", "label": 0},
+    ]
+    f.write_text("".join(json.dumps(r) + "\n" for r in records))
+    loaded = data.load(make_cfg(f"data.path={f}").data, ("unpaired",), "kto")  # data.format=auto
+    assert loaded.format == "unpaired"
+    assert loaded.rows[0] == {
+        "prompt": [{"role": "user", "content": "Say hi."}],
+        "completion": [{"role": "assistant", "content": "Hi!"}],
+        "label": True,
+    }
+    assert [r["label"] for r in loaded.rows] == [True, False, True, False]
+    # a prompt alone is still the prompts format: the unpaired signature is checked first, not instead
+    assert data._detect({"prompt": "p"}, "x") == "prompts"
+    assert data._detect(records[0], "x") == "unpaired"
+
+
+@pytest.mark.parametrize("label", ['"yes"', "2", "null", "0.5"])
+def test_a_bad_unpaired_label_names_file_and_line(make_cfg, tmp_path, label):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(
+        '{"prompt": "p", "completion": "c", "label": true}\n\n'
+        f'{{"prompt": "p", "completion": "c", "label": {label}}}\n'
+    )
+    with pytest.raises(UserError) as e:
+        data.load(make_cfg(f"data.path={f}").data, ("unpaired",), "kto")
+    assert str(e.value) == (
+        f"{f}:3: 'label' must be true / false (or 1 / 0) for unpaired data, got {label}; "
+        "fix: that row (true: a desirable completion)"
+    )
+
+
+def test_shipped_unpaired_set_is_the_preference_pairs_unpaired(make_cfg):
+    for key in ("path", "eval_path"):  # the training set and the held-out one
+        rows = data.load(make_cfg("data=unpaired").data, ("unpaired",), "kto", key).rows
+        pairs = data.load(make_cfg("data=preferences").data, ("preference",), "dpo", key).rows
+        assert len(rows) == 2 * len(pairs)
+        assert rows[0::2] == [
+            {"prompt": p["prompt"], "completion": p["chosen"], "label": True} for p in pairs
+        ]
+        assert rows[1::2] == [
+            {"prompt": p["prompt"], "completion": p["rejected"], "label": False} for p in pairs
+        ]

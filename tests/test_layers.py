@@ -43,6 +43,7 @@ LAYERS = {
         "rlhf.rewards",
         "rlhf.hub",
         "rlhf.cache",
+        "rlhf.checkpoint",
         "rlhf.tasks",
         "rlhf.tasks.*",
     ],

@@ -12,6 +12,7 @@ A method module (any module or package here whose name does not start with `_`) 
     adapter_kind(m)         what it trains: "lora", "prompt", "prefix", or None for every weight
     train(inputs) -> Result
     library_choices(m)      optional: {key: valid values} for keys whose list a library owns (a loss type)
+    check_hardware(m, hw, problems)   optional: its rules on the hardware profile (also on auto's pick)
 
 Adding a method is its module and its YAML: the schema store, validation, `--help`, the run's table and
 `rlhf.compare` read this registry. The module's surface imports nothing heavy (TRL, peft and torch are

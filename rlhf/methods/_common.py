@@ -82,6 +82,17 @@ def lora_config(m: Any, task_type: str = "CAUSAL_LM"):
     )
 
 
+def frozen_copy(model):
+    """A frozen copy of the model: the reference of a method that trains every weight (dpo, kto with
+    adapter=none). TRL's own fallback reloads it from `config._name_or_path`, which breaks for models built
+    in memory or converted from GGUF."""
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
 def profile_batch(hw: Any, kind: str) -> tuple[int, int]:
     """(per-device batch, accumulation steps) of the profile: kind sft (sft, lora, prompt tuning) or pref."""
     return getattr(hw, f"{kind}_batch_size"), getattr(hw, f"{kind}_grad_accum")
@@ -191,3 +202,15 @@ def field_choices(config_class: type, name: str) -> list[str]:
     help_text = field.metadata.get("help", "")
     found = re.search(r"(?:Possible|Supported) values are:?(.*?)(?:\.\s|\.$)", help_text, re.S)
     return re.findall(r"'([\w-]+)'", found.group(1)) if found else []
+
+
+def check_group(m: Any, p: Problems) -> None:
+    """num_generations and prompts_per_step: the group the advantages compare (GRPO, RLOO)."""
+    p.check(
+        m.num_generations >= 2,
+        "method.num_generations",
+        m.num_generations,
+        "must be >= 2 (advantages compare a group)",
+        "use e.g. 4 or 8",
+    )
+    p.positive("method.prompts_per_step", m.prompts_per_step, "4")

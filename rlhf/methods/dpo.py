@@ -1,14 +1,12 @@
 """method=dpo: direct preference optimisation on TRL's DPOTrainer.
 
 With a LoRA adapter (the default) the reference model is the base with the adapter disabled: no second copy
-in memory. Full fine-tuning (method.adapter=none) gets an explicit frozen copy as the reference: TRL's own
-fallback reloads it from `config._name_or_path`, which breaks for models built in memory or converted from
-GGUF. The summary reports the final reward margin and preference accuracy that DPO logs.
+in memory. Full fine-tuning (method.adapter=none) gets an explicit frozen copy as the reference
+(_common.frozen_copy). The summary reports the final reward margin and preference accuracy that DPO logs.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 from omegaconf import MISSING
@@ -18,6 +16,7 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
     check_adapter_choice,
     field_choices,
+    frozen_copy,
     last_logged,
     library_checks,
     lora_config,
@@ -83,9 +82,3 @@ def train(inputs: Inputs) -> Result:
         "preference_accuracy": last_logged(trainer, "rewards/accuracies"),
     }
     return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)
-
-
-def frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref

@@ -15,6 +15,7 @@ from omegaconf import MISSING
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
+    check_group,
     check_lora,
     check_sampling,
     last_logged,
@@ -44,18 +45,6 @@ def validate(m: Config, p: Problems) -> None:
     check_sampling(m, p)
     p.check(m.beta >= 0, "method.beta", m.beta, "must be >= 0", "use e.g. beta=0.04")
     check_group(m, p)
-
-
-def check_group(m, p: Problems) -> None:
-    """num_generations and prompts_per_step: the group the advantages compare (GRPO, RLOO)."""
-    p.check(
-        m.num_generations >= 2,
-        "method.num_generations",
-        m.num_generations,
-        "must be >= 2 (advantages compare a group)",
-        "use e.g. 4 or 8",
-    )
-    p.positive("method.prompts_per_step", m.prompts_per_step, "4")
 
 
 def adapter_kind(m: Config) -> str | None:
