@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m rlhf.models
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -54,6 +54,12 @@ bench-eval: $(STAMP) ## the eval stage in memory vs save + stock lm_eval CLI (ru
 
 bench-ppo: $(STAMP) ## seed 000's task on SmolLM2: our PPO beside TRL's GRPO (success rate, s/rollout, memory)
 	$(PY) bench/ppo.py
+
+bench-checkpoint: $(STAMP) ## checkpoint size and save time (LoRA, full), share of a default run's wall time
+	$(PY) bench/checkpoint.py
+
+bench-resume: $(STAMP) ## runs killed with SIGKILL at random and resumed vs one uninterrupted run (curves, weights)
+	$(PY) bench/resume_soak.py
 
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

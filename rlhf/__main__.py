@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rlhf import cli as entry
-from rlhf import config, sweep
+from rlhf import config, resume, sweep
 from rlhf.errors import HYDRA_START_FILES, UserError, install_hydra_reporter
 
 
@@ -45,7 +45,12 @@ def check_run_dir(argv: list[str]) -> None:
 def start(argv: list[str]) -> None:
     install_hydra_reporter()  # errors inside the Hydra app: one line each, as here
     config.register()
-    check_run_dir(argv)
+    if any(a.startswith("resume=") and a != "resume=" for a in argv):
+        argv = resume.argv_for(argv)  # the run's own overrides and its directory, which holds files
+        if argv is None:  # finished: nothing to do
+            return
+    else:
+        check_run_dir(argv)
     sys.argv = [sys.argv[0], *argv]
     main()
 

@@ -16,10 +16,19 @@ from rlhf.runtime import is_main_process
 
 
 class MetricsFile:
-    def __init__(self, path: Path, forward: Callable[[dict[str, Any]], None] | None = None):
+    """`keep_until`: a resumed run keeps the rows of the steps its checkpoint covers (and drops those it will
+    train again); a new run starts with none."""
+
+    def __init__(
+        self, path: Path, forward: Callable[[dict[str, Any]], None] | None = None, keep_until: int = 0
+    ):
         self.path = path
         self.forward = forward
         self.rows: list[dict[str, Any]] = []
+        if path.is_file() and is_main_process():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in rows if r["step"] <= keep_until]
+            path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write(self, step: int, epoch: float, values: dict[str, Any]) -> None:
         """One row (rank 0 only): the step, the epoch and the logged values."""

@@ -93,6 +93,8 @@ class HardwareConfig:
     optim: str = MISSING
     max_seq_length: int = MISSING
     dataloader_num_workers: int = 0
+    checkpoint_every: int = MISSING  # steps between checkpoints where checkpoint.every is null
+    checkpoint_keep: int = MISSING  # complete checkpoints kept where checkpoint.keep is null
 
 
 @dataclass
@@ -153,12 +155,25 @@ class SamplesConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int | None = (
+        MISSING  # steps between checkpoints; null: the hardware profile's; 0: none while training
+    )
+    keep: int | None = MISSING  # complete checkpoints kept; null: the hardware profile's
+    at_end: bool = MISSING  # also checkpoint the last step (a finished run can then be resumed further)
+
+
+@dataclass
 class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING
     optimize_metric: str = MISSING  # the summary.json key the run returns to a sweeper (nested: eval.<key>)
+    resume: str = (
+        MISSING  # "": a new run; a run (or multirun) directory to continue; auto: hydra.run.dir's, if any
+    )
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # each group's node is typed by its own schema (see the YAML's defaults list)
     model: Any = MISSING
     method: Any = MISSING

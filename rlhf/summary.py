@@ -92,6 +92,15 @@ def print_run_table(summary: dict[str, Any], run_dir: Path) -> None:
         ("speed", f"{fmt(summary['tokens_per_s'])} tokens/s ({fmt(summary['train_tokens'])} tokens)"),
         ("peak memory", f"{summary['peak_rss_mb']:.0f} MB RSS"),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
+        (
+            "checkpoints",
+            f"{summary.get('checkpoints_written', 0)} written ({fmt(summary.get('checkpoint_seconds', 0.0))} s)"
+            + (
+                f"; resumed from step {summary['resumed_from_step']}"
+                if summary.get("resumed_from_step")
+                else ""
+            ),
+        ),
         ("saved to", str(run_dir)),
     ]
     width = max(len(k) for k, _ in lines)

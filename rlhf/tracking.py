@@ -81,8 +81,17 @@ def run_name(cfg, overrides: list[str]) -> str:
     return " ".join([f"{cfg.method.name}-{cfg.model.name}", *rest])[:128]
 
 
-def start(cfg, run_dir: Path) -> Tracker:
-    """The job's wandb run on rank 0 with logger=wandb; otherwise a Tracker that does nothing."""
+def previous_run_id(run_dir: Path) -> str | None:
+    """The id of the wandb run a run directory already holds (wandb/<mode>-run-<time>-<id>), if any."""
+    runs = sorted((Path(run_dir) / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+def start(cfg, run_dir: Path, resume: bool = False) -> Tracker:
+    """The job's wandb run on rank 0 with logger=wandb; otherwise a Tracker that does nothing.
+
+    A resumed run continues its own wandb run (the same id), so the tracker shows one curve.
+    """
     from rlhf.runtime import is_main_process
 
     if cfg.logger.name != "wandb" or not is_main_process():
@@ -93,7 +102,10 @@ def start(cfg, run_dir: Path) -> Tracker:
 
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
+    previous = previous_run_id(run_dir) if resume else None
     run = wandb.init(
+        id=previous,
+        resume="allow" if previous else None,
         dir=run_dir,  # wandb adds wandb/ to it
         mode=resolve_mode(cfg.logger.mode),
         project=cfg.logger.project,
@@ -120,6 +132,13 @@ class Tracker:
         """One row of metrics.jsonl, at its trainer step (metrics.MetricsFile forwards each row here)."""
         if self.run is not None:
             self.run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def pause(self) -> None:
+        """A run stopped by a signal: its wandb run ends marked preempted, and its resume continues it."""
+        if self.run is None:
+            return
+        self.run.mark_preempting()
+        self.run.finish(exit_code=1)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """summary.json into the run's summary (nested results flattened: eval/<task>/<metric>); close the run.

@@ -1,21 +1,27 @@
 """The training run, stage by stage: validate -> load -> train -> save -> evaluate -> report.
 
 `run(cfg, run_dir)` is what `python -m rlhf` does with the composed config (rlhf/__main__.py is the Hydra
-app around it; tests call it in-process with a composed config).
+app around it; tests call it in-process). A run checkpoints as its plan says (rlhf.checkpoint), stops at a
+step boundary on SIGINT / SIGTERM (interrupted.json, exit 128 + the signal), and `resume=` continues it
+from its newest complete checkpoint to the same end an uninterrupted run reaches.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf import sweep, tracking
+from rlhf import checkpoint, sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
 from rlhf.runtime import is_main_process
 from rlhf.validate import check_resolved_profile, validate
+
+INTERRUPTED = "interrupted.json"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -23,6 +29,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     started = time.time()
     with discard_run_on_bad_input(run_dir):
         validate(cfg)  # every config error at once, before torch is even imported
+        resume_from = resume_point(cfg, run_dir)
+        if resume_from == "finished":
+            return sweep.objective(json.loads((run_dir / "summary.json").read_text()), cfg.optimize_metric)
         from rlhf import data, methods
 
         method = methods.get(cfg.method.name)
@@ -32,13 +41,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             if cfg.data.eval_path
             else None
         )
-        from rlhf import (  # torch, transformers: after the cheap checks
-            choices,
-            config,
-            evaluate,
-            models,
-            rewards,
-        )
+        from rlhf import choices, config, evaluate, models, rewards  # torch, transformers: after the checks
 
         hw = config.resolve_hardware(cfg.hardware)  # auto -> the profile this machine gets; CUDA needs CUDA
         check_resolved_profile(cfg, hw)  # the method x hardware rules again, on the profile auto picked
@@ -47,6 +50,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
         if evaluates:
             evaluate.check(cfg.eval)  # unknown tasks, or data that offline cannot be had
+        from transformers import set_seed
+
+        set_seed(cfg.seed)  # a head the base lacks (rm's score) is initialised while loading
         model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir, method.HEAD)
 
         # the base model's scores, before training changes it (only rank 0 evaluates; cached per base model)
@@ -65,7 +71,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         # generations for fixed prompts before and after training (a reward model scores, it does not generate)
         prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
         samples = run_dir / "samples.jsonl"
-        if prompts and is_main_process():  # greedy: the base model's are cached like its scores
+        if prompts and is_main_process() and resume_from is None:  # a resumed run has its "before" rows
             before = evaluate.base_samples(
                 cfg.samples, cfg.model, hw, cfg.cache_dir, model, tokenizer, prompts
             )
@@ -73,8 +79,18 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
         from rlhf.metrics import MetricsFile
 
-        tracker = tracking.start(cfg, run_dir)  # logger=wandb on rank 0: this job's wandb run; else nothing
-        metrics = MetricsFile(run_dir / "metrics.jsonl", forward=tracker.log)
+        step = checkpoint.step_of(resume_from) if resume_from else 0
+        tracker = tracking.start(cfg, run_dir, resume=resume_from is not None)  # rank 0 + logger=wandb
+        metrics = MetricsFile(run_dir / "metrics.jsonl", forward=tracker.log, keep_until=step)
+        plan = checkpoint.Plan(
+            run_dir=run_dir,
+            every=cfg.checkpoint.every if cfg.checkpoint.every is not None else hw.checkpoint_every,
+            keep=cfg.checkpoint.keep if cfg.checkpoint.keep is not None else hw.checkpoint_keep,
+            at_end=cfg.checkpoint.at_end,
+            resume_from=resume_from,
+            stop=checkpoint.StopRequest(),
+            saves=checkpoint.Saves.before(resume_from),
+        )
         inputs = methods.Inputs(
             model=model,
             tokenizer=tokenizer,
@@ -85,18 +101,28 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             metrics=metrics,
             eval_rows=heldout.rows if heldout else [],
             rewards=reward,
+            checkpoints=plan,
         )
+        if resume_from:
+            print(f"Resuming {run_dir} from {resume_from.name}")
+        plan.stop.install()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
         try:
             result = method.train(inputs)  # a value the trainer's constructor rejects is still bad input
         except UserError:
             tracking.abort()  # before its directory goes: the wandb run of a run that never trained
             raise
+        finally:
+            plan.stop.uninstall()
+    shutil.rmtree(checkpoint.incoming(run_dir), ignore_errors=True)  # the trainers' scratch directory
+    if plan.stopping:
+        interrupted(run_dir, plan, tracker)
     if not is_main_process():
         return None
 
     from rlhf import generation, plots, summary
 
     models.save(result.model, tokenizer, run_dir / "model")
+    save_heads(result.heads, run_dir / "model")
     if prompts:
         after = generation.greedy(result.model, tokenizer, prompts, cfg.samples.max_new_tokens)
         write_samples(samples, "after", prompts, after)
@@ -108,6 +134,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         models.save_merged(result.model, tokenizer, run_dir / "merged")
     plots.plot_curves(run_dir, metrics.rows, title)
     record = summary.build(cfg, hw, result, metrics.rows, len(dataset.rows), started, scores)
+    record.update(
+        resumed_from_step=step or None,
+        checkpoints_written=plan.saves.count,
+        checkpoint_seconds=round(plan.saves.seconds, 2),
+    )
     summary.write_json(run_dir / "summary.json", record)  # written last: its presence marks a finished run
     summary.print_run_table(record, run_dir)
     tracker.finish(record)  # prints the `wandb sync` command
@@ -118,9 +149,85 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     return sweep.objective(record, cfg.optimize_metric)  # what a sweeper optimises
 
 
+def resume_point(cfg: DictConfig, run_dir: Path) -> Path | str | None:
+    """The checkpoint a run continues from: None for a new run, "finished" for one with nothing left to do.
+
+    resume=auto starts afresh where hydra.run.dir holds no complete checkpoint; resume=<dir> needs one. A
+    finished run (summary.json) continues only with a larger method.max_steps than its last checkpoint's
+    step; its old summary is kept as summary-step-N.json.
+    """
+    if not cfg.resume:
+        return None
+    found = checkpoint.latest(run_dir)
+    finished = run_dir / "summary.json"
+    if finished.is_file():
+        if found is None or checkpoint.step_of(found) >= cfg.method.max_steps:
+            print(
+                f"resume={cfg.resume}: {run_dir} is finished (summary.json); nothing to resume "
+                "(with a larger method.max_steps it trains on from its last checkpoint)"
+            )
+            return "finished"
+        finished.rename(run_dir / f"summary-step-{checkpoint.step_of(found)}.json")
+    if found is None:
+        if (
+            cfg.resume == "auto"
+        ):  # nothing to continue: what an earlier attempt left goes, the run starts afresh
+            for name in ("samples.jsonl", "metrics.jsonl", INTERRUPTED, "failed.json"):
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(checkpoint.root(run_dir), ignore_errors=True)
+            return None
+        raise UserError(
+            f"resume={cfg.resume}: no complete checkpoint in {checkpoint.root(run_dir)}; fix: run it again "
+            "without resume= (its settings are in .hydra/overrides.yaml), or resume=auto to start afresh"
+        )
+    for name in (INTERRUPTED, "failed.json"):  # no longer interrupted or failed: it is running again
+        (run_dir / name).unlink(missing_ok=True)
+    keep_before_samples(run_dir / "samples.jsonl")
+    return found
+
+
+def interrupted(run_dir: Path, plan: checkpoint.Plan, tracker) -> None:
+    """Stopped by a signal: interrupted.json (step, time, the command that resumes), no summary; exit 128 + n."""
+    import signal
+
+    saved = checkpoint.latest(run_dir)
+    name = signal.Signals(plan.stop.signal).name
+    command = f"python -m rlhf resume={run_dir}"
+    if is_main_process():
+        record = {
+            "signal": name,
+            "step": checkpoint.step_of(saved) if saved else None,
+            "checkpoint": str(saved) if saved else None,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "resume": command,
+        }
+        (run_dir / INTERRUPTED).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"\n{name}: stopped after step {record['step']}; continue with: {command}", file=sys.stderr)
+    tracker.pause()
+    raise SystemExit(128 + plan.stop.signal)
+
+
 def write_samples(path: Path, stage: str, prompts: list[list[dict]], completions: list[str]) -> None:
     """samples.jsonl: the sample prompts' completions, before and after training."""
     with path.open("a") as f:
         for prompt, completion in zip(prompts, completions, strict=True):
             row = {"stage": stage, "prompt": prompt[-1]["content"], "completion": completion}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def keep_before_samples(path: Path) -> None:
+    """A resumed run writes its "after" samples again: drop any it wrote before."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if json.loads(line)["stage"] == "before"]
+        path.write_text("".join(f"{line}\n" for line in rows))
+
+
+def save_heads(heads: dict, model_dir: Path) -> None:
+    """Modules a method trains beside the model (our PPO's value head), as <name>.safetensors in model/."""
+    from safetensors.torch import save_file
+
+    for name, module in heads.items():
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+            model_dir / f"{name}.safetensors",
+        )

@@ -31,6 +31,21 @@ def validate(cfg: DictConfig) -> None:
     """Collect every problem in the composed config and raise them together (a ConfigError)."""
     p = Problems()
     p.check(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0", "use a non-negative integer, e.g. seed=42")
+    c = cfg.checkpoint
+    p.check(
+        c.every is None or c.every >= 0,
+        "checkpoint.every",
+        c.every,
+        "must be >= 0",
+        "use null (the profile's), 0 (none while training) or a step count",
+    )
+    p.check(
+        c.keep is None or c.keep >= 1,
+        "checkpoint.keep",
+        c.keep,
+        "must be >= 1",
+        "use null (the profile's) or e.g. 2",
+    )
     p.positive("samples.max_new_tokens", cfg.samples.max_new_tokens, "64")
 
     m = cfg.model
@@ -76,7 +91,7 @@ def validate(cfg: DictConfig) -> None:
     p.one_of("hardware.model_dtype", h.model_dtype, DTYPES)
     p.one_of("hardware.bnb_4bit_compute_dtype", h.bnb_4bit_compute_dtype, DTYPES)
     p.one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
-    for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum"):
+    for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum", "checkpoint_keep"):
         p.positive(f"hardware.{key}", h[key], "4")
     p.check(
         h.max_seq_length >= 16, "hardware.max_seq_length", h.max_seq_length, "must be >= 16", "use e.g. 512"

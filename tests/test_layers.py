@@ -19,6 +19,7 @@ LAYERS = {
     "entrypoint": ["rlhf.__main__", "rlhf.*.__main__", "rlhf.cli"],
     "stage": [
         "rlhf.train",
+        "rlhf.resume",
         "rlhf.config",
         "rlhf.validate",
         "rlhf.choices",

@@ -16,7 +16,7 @@ SUMMARY_KEYS = [
     "method", "model", "hardware", "precision", "data", "data_rows", "seed", "steps", "first_loss",
     "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
     "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval", "eval_delta", "peak_rss_mb",
-    "wall_time_s",
+    "wall_time_s", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
 ]  # fmt: skip
 
 
@@ -36,7 +36,10 @@ def test_run_directory_is_complete(lora_run):
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
     assert (run_dir / "model" / "tokenizer.json").is_file()
     assert (run_dir / "plots" / "loss.png").stat().st_size > 5_000
-    assert not list(run_dir.rglob("*.bin")) and not list(run_dir.rglob("*.pt")), "safetensors only"
+    assert not list(run_dir.rglob("*.bin")), "no pickles: safetensors, and weights-only torch state"
+    assert not [p for p in (run_dir / "model").iterdir() if p.suffix in (".pt", ".pth")], "safetensors only"
+    (step,) = [p for p in (run_dir / "checkpoints").iterdir() if p.name == "step-3"]  # at_end, by default
+    torch.load(step / "optimizer.pt", weights_only=True)  # state tensors only: loads without running code
 
 
 def test_summary_reports_what_users_compare(lora_run):
@@ -111,6 +114,11 @@ def test_preference_and_rl_methods_write_a_complete_run(rlhf_cli, tmp_path, meth
     ]
     module = methods.get(method)
     assert [summary[key] for key in module.RESULTS if summary.get(key) is None] == []
+    if method == "ppo":  # the critic is saved beside the adapter, so it can be reused
+        from safetensors.torch import load_file
+
+        head = load_file(run_dir / "model" / "value_head.safetensors")
+        assert head["weight"].shape[0] == 1 and "bias" in head
     if module.HEAD == "causal-lm":  # a reward model scores; it does not generate samples
         samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
         assert {s["stage"] for s in samples} == {"before", "after"}

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from rlhf.checkpoint import Plan
     from rlhf.rewards import Reward
     from rlhf.schema import HardwareConfig
 
@@ -71,7 +72,7 @@ class Inputs:
     metrics: MetricsSink
     eval_rows: list[dict[str, Any]] = field(default_factory=list)  # held-out rows, where the method uses them
     rewards: list[Reward] = field(default_factory=list)  # reward components (methods with USES_REWARD)
-    resume_from: Path | None = None  # a checkpoint directory to continue from
+    checkpoints: Plan | None = None  # when to checkpoint, the checkpoint to resume from, the stop request
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Result:
     model: Any  # the trained model (a PeftModel for adapter methods)
     metrics: dict[str, float]  # final training metrics: train_loss, train_runtime, ...
     extra: dict[str, Any] = field(default_factory=dict)  # the method's RESULTS for summary.json
+    heads: dict[str, Any] = field(default_factory=dict)  # modules saved beside model/ as <name>.safetensors
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from rlhf import checkpoint
 from rlhf.errors import Problems, UserError
 
 # --------------------------------------------------------------------------- config rules
@@ -121,9 +122,11 @@ def trainer_args(inputs: Any, batch: tuple[int, int], max_length: int | None = -
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if checkpointing else None,
         "optim": hw.optim,
         "dataloader_num_workers": hw.dataloader_num_workers,
-        # the run
-        "output_dir": str(inputs.run.dir),
-        "save_strategy": "no",  # the run saves model/ itself, at the end: nothing else is written here
+        # the run: checkpoints are written under checkpoints/.incoming when the checkpoint callback asks
+        # (save_strategy "no" leaves the choice to it), then published as checkpoints/step-N
+        "output_dir": str(checkpoint.incoming(inputs.run.dir)),
+        "save_strategy": "no",
+        "save_only_model": False,  # optimizer, scheduler, scaler and RNG states too: a resume continues exactly
         "report_to": [],  # the metrics callback writes metrics.jsonl and forwards each row to the tracker
         "seed": inputs.run.seed,
         "disable_tqdm": False,  # a progress bar while training
@@ -140,6 +143,50 @@ def trainer_args(inputs: Any, batch: tuple[int, int], max_length: int | None = -
     if max_length is not None:
         args["max_length"] = hw.max_seq_length if max_length == -1 else max_length
     return args
+
+
+def callbacks(inputs: Any) -> list:
+    """The callbacks every TRL method passes its trainer: metrics to the sink, checkpoints and stops."""
+    return [metrics_callback(inputs.metrics), checkpoint_callback(inputs)]
+
+
+def fit(trainer: Any, inputs: Any):
+    """trainer.train(), from the checkpoint the run resumes from, if any."""
+    plan = inputs.checkpoints
+    resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None
+    return trainer.train(resume_from_checkpoint=resume)
+
+
+def checkpoint_callback(inputs: Any):
+    """A TrainerCallback that saves a checkpoint when the plan says so (every N steps, at the end, on a stop
+    request), stops the trainer after the step a signal arrived in, and publishes each checkpoint whole."""
+    import time
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    plan = inputs.checkpoints
+
+    class Checkpoints(TrainerCallback):
+        started = 0.0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if plan is None:
+                return
+            if plan.due(state.global_step, last=state.global_step >= state.max_steps):
+                control.should_save = True
+                self.started = time.time()
+            if plan.stopping:
+                control.should_training_stop = True
+
+        def on_save(self, args, state, control, **kwargs):
+            if plan is None or not state.is_world_process_zero:
+                return
+            plan.publish(
+                Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step, self.started
+            )
+
+    return Checkpoints()
 
 
 def metrics_callback(sink: Any):

@@ -14,13 +14,14 @@ from omegaconf import MISSING
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
+    callbacks,
     check_adapter_choice,
     field_choices,
+    fit,
     frozen_copy,
     last_logged,
     library_checks,
     lora_config,
-    metrics_callback,
     profile_batch,
     trainer_args,
 )
@@ -74,9 +75,9 @@ def train(inputs: Inputs) -> Result:
             train_dataset=Dataset.from_list(inputs.rows),
             processing_class=inputs.tokenizer,
             peft_config=lora_config(m) if use_lora else None,
-            callbacks=[metrics_callback(inputs.metrics)],
+            callbacks=callbacks(inputs),
         )
-    output = trainer.train()
+    output = fit(trainer, inputs)
     extra = {
         "reward_margin": last_logged(trainer, "rewards/margins"),
         "preference_accuracy": last_logged(trainer, "rewards/accuracies"),

@@ -16,13 +16,14 @@ from omegaconf import MISSING
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
+    callbacks,
     check_group,
     check_lora,
     check_sampling,
+    fit,
     last_logged,
     library_checks,
     lora_config,
-    metrics_callback,
     trainer_args,
 )
 from rlhf.schema import LoraTrainingConfig, SamplingFields
@@ -75,9 +76,9 @@ def train(inputs: Inputs) -> Result:
             train_dataset=Dataset.from_list(inputs.rows),
             processing_class=inputs.tokenizer,
             peft_config=lora_config(m),  # the reference is this adapter disabled: no second model
-            callbacks=[metrics_callback(inputs.metrics)],
+            callbacks=callbacks(inputs),
         )
-    output = trainer.train()
+    output = fit(trainer, inputs)
     return Result(
         model=trainer.model,
         metrics=dict(output.metrics),

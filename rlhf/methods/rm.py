@@ -13,10 +13,11 @@ from typing import Any
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
+    callbacks,
     check_adapter_choice,
+    fit,
     library_checks,
     lora_config,
-    metrics_callback,
     profile_batch,
     trainer_args,
 )
@@ -55,9 +56,9 @@ def train(inputs: Inputs) -> Result:
             train_dataset=Dataset.from_list(inputs.rows),
             processing_class=inputs.tokenizer,
             peft_config=lora_config(m, task_type="SEQ_CLS") if m.adapter == "lora" else None,
-            callbacks=[metrics_callback(inputs.metrics)],
+            callbacks=callbacks(inputs),
         )
-    output = trainer.train()
+    output = fit(trainer, inputs)
     extra = {
         "heldout_pairwise_accuracy": pairwise_accuracy(trainer.model, inputs.tokenizer, inputs.eval_rows)
     }

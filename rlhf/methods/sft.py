@@ -11,7 +11,7 @@ from typing import Any
 
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
-from rlhf.methods._common import library_checks, metrics_callback, profile_batch, trainer_args
+from rlhf.methods._common import callbacks, fit, library_checks, profile_batch, trainer_args
 from rlhf.schema import TrainingConfig
 
 NAME = "sft"
@@ -36,7 +36,7 @@ def adapter_kind(m: Config) -> str | None:
 
 def train(inputs: Inputs, adapter: Any = None) -> Result:
     trainer = build_trainer(inputs, adapter)
-    output = trainer.train()
+    output = fit(trainer, inputs)
     return Result(model=trainer.model, metrics=dict(output.metrics))
 
 
@@ -54,5 +54,5 @@ def build_trainer(inputs: Inputs, adapter: Any = None):
             train_dataset=Dataset.from_list(inputs.rows),
             processing_class=inputs.tokenizer,
             peft_config=adapter,
-            callbacks=[metrics_callback(inputs.metrics)],
+            callbacks=callbacks(inputs),
         )

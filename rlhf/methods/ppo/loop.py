@@ -66,9 +66,19 @@ def train(inputs: Inputs) -> Result:
     kl_ctl = core.AdaptiveKLController(m.init_kl_coef, m.target_kl, m.kl_horizon)
     steps = m.max_steps if m.max_steps > 0 else math.ceil(m.num_epochs * len(inputs.rows) / m.batch_size)
     prompts = [row["prompt"] for row in inputs.rows]
-    tokens_seen, started, losses = 0, time.time(), []
+    state = {"step": 0, "tokens_seen": 0, "losses": [], "logs": {}}
+    plan = inputs.checkpoints
+    if plan is not None and plan.resume_from is not None:
+        state = load_state(plan.resume_from, unwrapped, optimizer, accelerator, kl_ctl)
+    started = time.time()
 
-    bar = tqdm(range(1, steps + 1), desc="ppo", disable=not accelerator.is_main_process)
+    bar = tqdm(
+        range(state["step"] + 1, steps + 1),
+        initial=state["step"],
+        total=steps,
+        desc="ppo",
+        disable=not accelerator.is_main_process,
+    )
     for step in bar:
         t0 = time.time()
         batch_prompts = [prompts[((step - 1) * m.batch_size + i) % len(prompts)] for i in range(m.batch_size)]
@@ -79,25 +89,95 @@ def train(inputs: Inputs) -> Result:
             kl_ctl.update(rollout["kl"], m.batch_size)
 
         rollout_tokens = int(rollout["attention_mask"].sum())  # prompts + completions
-        tokens_seen += rollout_tokens
-        losses.append(stats["loss"])
+        state["tokens_seen"] += rollout_tokens
+        state["losses"].append(stats["loss"])
         step_time = time.time() - t0
-        logs = {**stats, **rollout["stats"], "kl_coef": kl_ctl.value, "num_tokens": tokens_seen}
+        logs = {**stats, **rollout["stats"], "kl_coef": kl_ctl.value, "num_tokens": state["tokens_seen"]}
         logs.update(tokens_per_s=rollout_tokens / step_time, step_time=step_time)
         inputs.metrics.write(step, step * m.batch_size / max(len(prompts), 1), logs)
         bar.set_postfix(reward=f"{logs['reward']:.2f}", kl=f"{logs['kl']:.3f}")
+        state.update(step=step, logs=logs)
+        if plan is not None and plan.due(step, last=step == steps) and accelerator.is_main_process:
+            save_state(plan, state, unwrapped, optimizer, accelerator, kl_ctl)
+        if plan is not None and plan.stopping:
+            break
 
     runtime = time.time() - started
-    final = {k: logs[k] for k in ("reward", "success_rate", "kl") if k in logs}
+    final = {k: state["logs"][k] for k in ("reward", "success_rate", "kl") if k in state["logs"]}
+    losses = state["losses"]
     return Result(
         model=unwrapped.policy,
         metrics={
             "train_runtime": runtime,
-            "train_loss": sum(losses) / len(losses),
-            "num_tokens": tokens_seen,
+            "train_loss": sum(losses) / len(losses) if losses else None,
+            "num_tokens": state["tokens_seen"],
         },
         extra={f"final_{k}": v for k, v in final.items()},
+        heads={"value_head": unwrapped.value_head},  # saved beside the adapter: the critic can be reused
     )
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> None:
+    """Everything the next rollout depends on: the adapter and value head, the optimizer, the KL
+    coefficient, the step (which is the prompt cursor), the accumulation counter and every RNG."""
+    import json
+    import random
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from rlhf import checkpoint
+
+    t0 = time.time()
+    out = checkpoint.incoming(plan.run_dir) / f"step-{state['step']}"
+    out.mkdir(parents=True, exist_ok=True)
+    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, out / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    save_file(rng, out / "rng.safetensors")
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    payload = {
+        **state,
+        "kl_coef": kl_ctl.value,
+        "accumulation_step": accelerator.step,
+        "python_random": random.getstate(),
+        "numpy_random": [kind, keys.tolist(), pos, has_gauss, gauss],
+    }
+    (out / "state.json").write_text(json.dumps(payload))
+    plan.publish(out, state["step"], t0)
+
+
+def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> dict:
+    """The state `save_state` wrote, restored into the model, the optimizer and every RNG."""
+    import json
+    import random
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
+    assert not unexpected, unexpected  # the same model and adapter, or the checkpoint is not this run's
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = load_file(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(
+            [rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
+        )
+    payload = json.loads((path / "state.json").read_text())
+    version, internal, gauss = payload.pop("python_random")
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = payload.pop("numpy_random")
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    kl_ctl.value = payload.pop("kl_coef")
+    accelerator.step = payload.pop("accumulation_step")
+    return payload
 
 
 @torch.no_grad()

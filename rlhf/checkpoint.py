@@ -1,0 +1,156 @@
+"""Checkpoints of a run: `<run>/checkpoints/step-N/`, and the signals that stop a run at a step boundary.
+
+A checkpoint is written under a temporary name (by the trainer, or by our PPO loop), renamed to `step-N`
+when it is whole, and marked complete last: a directory without the marker (a run killed while saving) is
+never resumed from. The newest `keep` complete checkpoints stay.
+
+SIGINT and SIGTERM (a scheduler's preemption) ask the run to finish its current step, save a checkpoint and
+stop; a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MARKER = "complete.json"
+STEP = re.compile(r"^step-(\d+)$")
+
+
+def root(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def incoming(run_dir: Path) -> Path:
+    """Where a trainer writes a checkpoint before it is published (the trainer's output_dir)."""
+    return root(run_dir) / ".incoming"
+
+
+def complete(run_dir: Path) -> list[Path]:
+    """The complete checkpoints of a run, oldest first."""
+    found = [
+        (int(m.group(1)), p)
+        for p in (root(run_dir).iterdir() if root(run_dir).is_dir() else [])
+        if (m := STEP.match(p.name)) and (p / MARKER).is_file()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def latest(run_dir: Path) -> Path | None:
+    done = complete(run_dir)
+    return done[-1] if done else None
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(STEP.match(checkpoint.name).group(1))
+
+
+def publish(written: Path, run_dir: Path, step: int, keep: int, extra: dict | None = None) -> Path:
+    """Rename a whole checkpoint directory to step-N, mark it complete, and keep only the newest `keep`."""
+    target = root(run_dir) / f"step-{step}"
+    # transformers pickles its TrainingArguments beside the weights; nothing reads it back, and a pickle
+    # runs code when loaded: it goes. The optimizer, scheduler and RNG states load with weights_only=True.
+    (written / "training_args.bin").unlink(missing_ok=True)
+    if target.exists():  # an incomplete one of the same step, left by a run killed while saving
+        shutil.rmtree(target)
+    written.rename(target)
+    marker = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+    tmp = target / f".{MARKER}"
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    tmp.replace(target / MARKER)  # last: the checkpoint is whole
+    for old in complete(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old)
+    return target
+
+
+@dataclass
+class Saves:
+    """How many checkpoints a run wrote and the seconds they took (for summary.json)."""
+
+    count: int = 0
+    seconds: float = 0.0
+    steps: list[int] = field(default_factory=list)
+
+    def add(self, step: int, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+        self.steps.append(step)
+
+    @classmethod
+    def before(cls, checkpoint: Path | None) -> Saves:
+        """The saves a run made up to a checkpoint (its marker counts them): a resumed run counts on."""
+        if checkpoint is None:
+            return cls()
+        marker = json.loads((checkpoint / MARKER).read_text())
+        return cls(marker.get("checkpoints_written", 0), marker.get("checkpoint_seconds", 0.0))
+
+
+@dataclass
+class Plan:
+    """What a method needs to checkpoint and resume: how often, how many to keep, where, the checkpoint to
+    continue from, the stop request, and a record of the saves."""
+
+    run_dir: Path
+    every: int  # 0: none while training
+    keep: int
+    at_end: bool
+    resume_from: Path | None = None
+    stop: StopRequest | None = None
+    saves: Saves = field(default_factory=Saves)
+
+    def publish(self, written: Path, step: int, started: float) -> Path:
+        """A whole checkpoint written since `started`: counted, then published as step-N."""
+        self.saves.add(step, time.time() - started)
+        extra = {"checkpoints_written": self.saves.count, "checkpoint_seconds": round(self.saves.seconds, 3)}
+        return publish(written, self.run_dir, step, self.keep, extra)
+
+    def due(self, step: int, last: bool) -> bool:
+        """Whether the step just finished gets a checkpoint."""
+        stopping = self.stop is not None and self.stop.requested
+        return (self.every > 0 and step % self.every == 0) or stopping or (last and self.at_end)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop is not None and self.stop.requested
+
+
+class StopRequest:
+    """The first SIGINT / SIGTERM sets `signal` (the run stops at its next step boundary, after a checkpoint);
+    a second one of either stops the process at once, as if no handler were installed."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None:  # the second signal: stop now
+            self.uninstall()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal = signum
+        name = signal.Signals(signum).name
+        print(
+            f"\n{name}: finishing this step, saving a checkpoint, then stopping (again: stop at once)",
+            flush=True,
+        )
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
