@@ -31,6 +31,12 @@ def curve(run_dir: Path) -> list:
     return [(r["step"], r.get("loss"), r.get("reward")) for r in rows]
 
 
+def last_step(run_dir: Path) -> int:
+    file = run_dir / "metrics.jsonl"
+    lines = file.read_text().splitlines() if file.is_file() else []
+    return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)  # whole lines only
+
+
 def weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -48,12 +54,14 @@ def soak(name: str, overrides: list[str], kills: int, base: Path, rng: random.Ra
     import torch
 
     whole, killed = base / f"{name[:4]}-whole", base / f"{name[:4]}-killed"
-    started = time.time()
     assert rlhf(*overrides, *COMMON, f"hydra.run.dir={whole}").wait() == 0
-    seconds = time.time() - started
     proc, resumed_from = rlhf(*overrides, *COMMON, f"hydra.run.dir={killed}"), []
     for _ in range(kills):
-        time.sleep(rng.uniform(0.3, 0.9) * seconds / (kills + 1))
+        # at a random step past the last checkpoint, a random moment into that step
+        target = (resumed_from[-1] if resumed_from else 0) + rng.randint(1, 3)
+        while proc.poll() is None and last_step(killed) < target:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:
             break
         proc.kill()
@@ -80,7 +88,7 @@ def soak(name: str, overrides: list[str], kills: int, base: Path, rng: random.Ra
 
 
 def main() -> None:
-    kills = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    kills = int(sys.argv[1]) if len(sys.argv) > 1 else 3  # each at a random step past the last checkpoint
     chosen = {"custom": sys.argv[2:]} if len(sys.argv) > 2 else RUNS
     base = Path(tempfile.mkdtemp(prefix="rlhf-bench-resume-"))
     rng = random.Random(0)

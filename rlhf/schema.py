@@ -129,6 +129,7 @@ class EvalConfig:
     batch_size: int = MISSING
     num_fewshot: int | None = MISSING  # null = each task's own setting
     apply_chat_template: bool = MISSING  # prompts in the model's chat format, as training formats them
+    include_path: list[str] = field(default_factory=list)  # your own lm-eval task directories (YAMLs + utils)
 
 
 @dataclass

@@ -54,7 +54,11 @@ def build(
         "trainable_share": round(trainable / total, 6) if total else None,
         **result.extra,
         # lm-eval after training, and the change from the base model (eval.json has both sides)
-        **({"eval": scores["after"], "eval_delta": scores["delta"]} if scores else {}),
+        **(
+            {"eval": scores["after"], "eval_delta": scores["delta"], "eval_significant": scores["significant"]}
+            if scores
+            else {}
+        ),
         **peak_memory_mb(),
         "wall_time_s": round(time.time() - started, 1),
     }

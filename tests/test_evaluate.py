@@ -209,3 +209,43 @@ def test_lora_is_merged_only_while_scoring_and_gives_the_same_outputs(tiny):
     assert not any(m.merged for m in tuned.modules() if hasattr(m, "merged"))
     for name, p in tuned.named_parameters():
         torch.testing.assert_close(p, weights[name], atol=1e-6, rtol=1e-6)
+
+
+def test_a_delta_is_marked_real_only_beyond_twice_its_combined_stderr():
+    from omegaconf import OmegaConf
+
+    from rlhf.evaluate import tables
+
+    se = 0.1 / 2**0.5  # each side: the combined stderr is 0.1
+    before = {"scores": {"t/one": 0.5, "t/three": 0.5, "t/none": 0.5}, "stderr": {"t/one": se, "t/three": se}}
+    after = {"scores": {"t/one": 0.6, "t/three": 0.8, "t/none": 0.9}, "stderr": {"t/one": se, "t/three": se}}
+    cfg = OmegaConf.create({"tasks": ["t"], "limit": 20, "num_fewshot": None, "apply_chat_template": True})
+    result = tables.record(cfg, before, after, {"before": 1.0, "after": 1.0}, False)
+    assert result["significant"] == ["t/three"]  # 3 stderr: real; 1 stderr: noise; no stderr: untested
+    assert result["delta_test"]["t/one"]["stderr"] == pytest.approx(0.1)
+    assert result["delta_test"]["t/three"]["interval"] == pytest.approx([0.1, 0.5])
+    assert "t/none" not in result["delta_test"]
+    md = tables.markdown(result, "x")
+    assert "| t | three | 0.500 | 0.800 | +0.300 | [+0.100, +0.500] | yes |" in md
+    assert "| t | one | 0.500 | 0.600 | +0.100 | [-0.100, +0.300] | no (noise) |" in md
+
+
+def test_a_task_from_the_users_include_path_runs(tiny, make_cfg, tmp_path):
+    tasks = tmp_path / "my_tasks"
+    tasks.mkdir()
+    rows = [{"q": f"{i} + 1 =", "choices": [str(i + 1), str(i + 7)], "answer": 0} for i in range(6)]
+    (tasks / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "my_sums.yaml").write_text(
+        "task: my_sums\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks / 'data.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: answer\nmetric_list:\n  - metric: acc\n"
+    )
+    cfg = make_cfg("model=tiny", "hardware=cpu", "eval.tasks=[my_sums]", f"eval.include_path=[{tasks}]")
+    evaluate.check(cfg.eval)  # found among the user's tasks, no hub data needed
+    model, tokenizer = tiny()
+    scores = evaluate.score(cfg.eval, model, tokenizer, "fp32")["scores"]
+    assert set(scores) == {"my_sums/acc"} and 0 <= scores["my_sums/acc"] <= 1
+    missing = make_cfg("eval.tasks=[my_sums]", f"eval.include_path=[{tmp_path / 'nope'}]")
+    with pytest.raises(evaluate.UserError, match="eval.include_path=.*nope: not a directory"):
+        evaluate.check(missing.eval)

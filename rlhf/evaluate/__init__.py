@@ -23,28 +23,38 @@ from rlhf import cache, generation, hub
 from rlhf.errors import UserError
 from rlhf.evaluate.tables import record, write
 
-TASKS = (
-    Path(__file__).resolve().parent.parent / "tasks"
-)  # the eval=quick tasks: lm-eval YAMLs, data, checkers
+TASKS = Path(__file__).resolve().parent.parent / "tasks"  # eval=quick's tasks: lm-eval YAMLs, data, checkers
+
+
+def task_dirs(cfg: DictConfig) -> tuple[str, ...]:
+    """Ours (rlhf/tasks) and the user's own task directories (eval.include_path)."""
+    return (str(TASKS), *(str(Path(p).expanduser().resolve()) for p in cfg.get("include_path", [])))
 
 
 def task_manager(cfg: DictConfig):
-    # lm-eval's own registry is indexed only when a task outside ours is asked for (17 s on a 2-core CPU)
-    return _task_manager(include_defaults=not all(t.startswith("rlhf_") for t in cfg.tasks))
+    # lm-eval's own registry is indexed only when a task outside ours and the user's is asked for (17 s on a
+    # 2-core CPU)
+    local = _task_manager(task_dirs(cfg), include_defaults=False)
+    return local if all(t in local.all_tasks for t in cfg.tasks) else _task_manager(task_dirs(cfg), True)
 
 
 @functools.cache
-def _task_manager(include_defaults: bool):
+def _task_manager(dirs: tuple[str, ...], include_defaults: bool):
     """One index per process: the check, the base model's eval and the tuned model's eval share it."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS), include_defaults=include_defaults)
+    return TaskManager(include_path=list(dirs), include_defaults=include_defaults)
 
 
 def check(cfg: DictConfig) -> None:
     """Before any weights load: every task exists, and its data can be had (offline: from a local cache)."""
     if not cfg.tasks:
         return
+    for path in cfg.get("include_path", []):
+        if not Path(path).expanduser().is_dir():
+            raise UserError(
+                f"eval.include_path={path}: not a directory; fix: give directories of lm-eval task YAMLs"
+            )
     manager = task_manager(cfg)
     unknown = [t for t in cfg.tasks if t not in manager.all_tasks]
     if unknown:
@@ -69,7 +79,12 @@ def _hub_datasets(manager, name: str) -> set[str]:
         children = [c if isinstance(c, str) else c.get("task", "") for c in config.get("task", [])]
         return {path for child in children for path in _hub_datasets(manager, child)}
     path = config.get("dataset_path")
-    return {path} if path and "custom_dataset" not in config and not Path(path).exists() else set()
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES  # json, csv, parquet, ...: local files
+
+    local = (
+        not path or "custom_dataset" in config or Path(path).exists() or path in _PACKAGED_DATASETS_MODULES
+    )
+    return set() if local else {path}
 
 
 def score(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[str, float]]:
@@ -124,7 +139,7 @@ def base_cache_key(cfg: DictConfig, model_cfg: DictConfig, hw: Any, model_dir: s
     """Everything that can change the base model's scores, the model's files included."""
     from importlib.metadata import version
 
-    tasks = [p for p in TASKS.rglob("*") if "__pycache__" not in p.parts]
+    tasks = [p for d in task_dirs(cfg) for p in Path(d).rglob("*") if "__pycache__" not in p.parts]
     return cache.base_key(
         model_cfg,
         hw,
