@@ -149,7 +149,12 @@ class Tracker:
             return
         self.run.summary.update(flatten_nested(summary))
         offline = self.run.settings.mode == "offline"
-        where = self.run.settings.sync_dir if offline else self.run.url
+        # a resumed run has one offline directory per segment, all with the run's id: sync them together
+        where = (
+            f"{Path(self.run.settings.sync_dir).parent}/offline-run-*-{self.run.id}"
+            if offline
+            else self.run.url
+        )
         self.run.finish()
         print(f"wandb: upload this run with: wandb sync {where}" if offline else f"wandb: {where}")
 

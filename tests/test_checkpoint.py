@@ -199,3 +199,16 @@ def test_a_killed_sweep_resumes_without_running_its_finished_jobs_again(run_rlhf
         "the sweep ran with " in refused.stderr
         and " method.lora_r=2,4,8; fix: resume it with" in refused.stderr
     )
+
+
+def test_a_resumed_run_continues_its_wandb_run(rlhf_cli, tmp_path):
+    run_dir = tmp_path / "tracked"
+    tracked = [a for a in args_for("lora") if a != "logger=none"]  # logger=wandb: offline without a key
+    signal_at_step(run_dir, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    assert rlhf_cli(*tracked, f"hydra.run.dir={run_dir}").returncode == 128 + signal.SIGINT
+    resumed = rlhf_cli(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    segments = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1  # one run id
+    run_id = segments[0].name.rsplit("-", 1)[1]
+    assert f"wandb sync {run_dir}/wandb/offline-run-*-{run_id}" in resumed.stdout
