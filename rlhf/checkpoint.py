@@ -103,6 +103,7 @@ class Plan:
     resume_from: Path | None = None
     stop: StopRequest | None = None
     saves: Saves = field(default_factory=Saves)
+    boundary: int = 1  # steps a method's state spans (GRPO with num_iterations: one generation's updates)
 
     def publish(self, written: Path, step: int, started: float) -> Path:
         """A whole checkpoint written since `started`: counted, then published as step-N."""
@@ -112,8 +113,9 @@ class Plan:
 
     def due(self, step: int, last: bool) -> bool:
         """Whether the step just finished gets a checkpoint."""
-        stopping = self.stop is not None and self.stop.requested
-        return (self.every > 0 and step % self.every == 0) or stopping or (last and self.at_end)
+        if step % self.boundary and not last:  # mid-way through state no checkpoint holds
+            return False
+        return (self.every > 0 and step % self.every == 0) or self.stopping or (last and self.at_end)
 
     @property
     def stopping(self) -> bool:

@@ -100,10 +100,23 @@ class HardwareConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING
-    path: str = MISSING  # a shipped set (rlhf/datasets/<path>.jsonl), a local .json/.jsonl file, or a hub id
+    # a shipped set (rlhf/datasets/<path>.jsonl), a local .json/.jsonl/.csv/.parquet file, a directory or
+    # glob of them, or a hub id
+    path: str = MISSING
     eval_path: str = ""  # a held-out set in the same format (rm reports pairwise accuracy on it)
-    format: str = "auto"  # auto | alpaca | chat | question_decomposition | prompts | preference
+    format: str = "auto"  # auto (from the keys) or one of rlhf.data.FORMATS
     split: str = "train"  # hub data sets only
+    subset: str = ""  # hub data sets only: the config name ("" = the default one)
+    revision: str = "main"  # hub data sets only: a branch, tag or commit
+    # source column -> format key, e.g. {question: prompt, answer: completion}; null = as they are (not a
+    # typed dict: struct mode lets no override add keys to one)
+    columns: Any = None
+    as_chat: bool = (
+        False  # strings become chat turns (user prompt, assistant answers): the chat template applies
+    )
+    too_long: str = (
+        "auto"  # rows over hardware.max_seq_length: auto (truncate SFT rows, drop others) | truncate | drop
+    )
     max_samples: int = 0  # 0 = all rows
     sample_prompts: list[str] = field(default_factory=list)  # fixed prompts for samples.jsonl
     decomposition_instruction: str = "Break this question into simpler sub-questions:"

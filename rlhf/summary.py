@@ -55,7 +55,11 @@ def build(
         **result.extra,
         # lm-eval after training, and the change from the base model (eval.json has both sides)
         **(
-            {"eval": scores["after"], "eval_delta": scores["delta"], "eval_significant": scores["significant"]}
+            {
+                "eval": scores["after"],
+                "eval_delta": scores["delta"],
+                "eval_significant": scores["significant"],
+            }
             if scores
             else {}
         ),

@@ -46,6 +46,15 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         hw = config.resolve_hardware(cfg.hardware)  # auto -> the profile this machine gets; CUDA needs CUDA
         check_resolved_profile(cfg, hw)  # the method x hardware rules again, on the profile auto picked
         choices.check(cfg)  # the libraries' own lists: scheduler, optimizer, loss type, target modules
+        # again, now with the model's tokenizer: rows longer than the profile's max_seq_length are truncated
+        # or dropped as data.too_long says, and counted
+        dataset = data.load(
+            cfg.data,
+            method.DATA_FORMATS,
+            cfg.method.name,
+            tokenizer=data.tokenizer_for(cfg.model, cfg.cache_dir),
+            max_length=hw.max_seq_length,
+        )
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
         if evaluates:
@@ -135,6 +144,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     plots.plot_curves(run_dir, metrics.rows, title)
     record = summary.build(cfg, hw, result, metrics.rows, len(dataset.rows), started, scores)
     record.update(
+        data_truncated=dataset.truncated,
+        data_dropped=dataset.dropped,
         resumed_from_step=step or None,
         checkpoints_written=plan.saves.count,
         checkpoint_seconds=round(plan.saves.seconds, 2),

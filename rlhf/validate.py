@@ -131,6 +131,15 @@ def validate(cfg: DictConfig) -> None:
 
     d = cfg.data
     p.one_of("data.format", d.format, ("auto", *data.FORMATS))
+    p.one_of("data.too_long", d.too_long, ("auto", "truncate", "drop"))
+    p.check(
+        d.columns is None
+        or (isinstance(d.columns, DictConfig) and all(isinstance(v, str) and v for v in d.columns.values())),
+        "data.columns",
+        d.columns,
+        "must map source columns to format keys",
+        "write data.columns={question:prompt,answer:completion}",
+    )
     p.check(
         d.max_samples >= 0,
         "data.max_samples",

@@ -83,6 +83,12 @@ def in_process(main, argv: list[str], env: dict[str, str]) -> subprocess.Complet
     handlers, level = list(root.handlers), root.level
     code = 0
     GlobalHydra.instance().clear()
+    if "accelerate" in sys.modules:  # a new process starts without accelerate's process-wide state
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
     with environment(env, drop=("WANDB_", "HYDRA_FULL_ERROR")), redirect_stdout(out), redirect_stderr(err):
         try:
             main(argv)

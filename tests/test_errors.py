@@ -77,12 +77,44 @@ CASES = [
         lambda t: [
             f"data.path={write(t / 'pref.jsonl', json.dumps({'prompt': 'p', 'chosen': 'a', 'rejected': 'b'}) + chr(10))}"
         ],
-        "preference data does not fit method=lora",
+        "preference data does not fit method=lora, which takes alpaca / chat / question_decomposition / "
+        "sharegpt / prompt_completion / text; fix: choose a data set of that format (e.g. data=instructions), "
+        "or a method that takes it: method=dpo, method=rm",
     ),
     (
         "unknown-data-shape",
-        lambda t: [f"data.path={write(t / 'odd.jsonl', json.dumps({'text': 'hello'}) + chr(10))}"],
-        "cannot tell the data format from the keys ['text']",
+        lambda t: [f"data.path={write(t / 'odd.jsonl', json.dumps({'body': 'hello'}) + chr(10))}"],
+        "cannot tell the data format from the keys ['body']",
+    ),
+    (
+        "non-utf8-data-file",
+        lambda t: (
+            [f"data.path={t / 'latin.jsonl'}"]
+            if (t / "latin.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+            else []
+        ),
+        "latin.jsonl: not UTF-8 text (byte 0xe9 at offset 13, line 1); fix: save it as UTF-8",
+    ),
+    (
+        "data-columns-not-in-the-data",
+        lambda t: [
+            f"data.path={write(t / 'qa.jsonl', json.dumps({'q': 'x', 'a': 'y'}) + chr(10))}",
+            "data.columns={question:prompt}",
+        ],
+        "qa.jsonl:1: data.columns renames question, which the data lacks (its columns: a, q)",
+    ),
+    (
+        "implicit-preference-without-a-shared-prompt",
+        lambda t: [
+            "method=dpo",
+            f"data.path={write(t / 'pairs.jsonl', json.dumps({'chosen': 'Yes.', 'rejected': 'No.'}) + chr(10))}",
+        ],
+        "pairs.jsonl:1: 'chosen' and 'rejected' share no prompt to split off",
+    ),
+    (
+        "unknown-too-long-rule",
+        lambda t: ["data.too_long=cut"],
+        "data.too_long=cut: unknown value; fix: choose one of: auto, truncate, drop",
     ),
     (
         "cuda-profile-without-cuda",

@@ -176,7 +176,7 @@ def checkpoint_callback(inputs: Any):
             if plan.due(state.global_step, last=state.global_step >= state.max_steps):
                 control.should_save = True
                 self.started = time.time()
-            if plan.stopping:
+            if plan.stopping and control.should_save:  # the step a signal came in, once it can be saved
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):

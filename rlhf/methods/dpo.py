@@ -28,7 +28,7 @@ from rlhf.methods._common import (
 from rlhf.schema import OptionalLoraConfig
 
 NAME = "dpo"
-DATA_FORMATS = ("preference",)
+DATA_FORMATS = ("preference", "implicit_preference")
 HEAD = "causal-lm"
 USES_REWARD = False
 RESULTS = ("reward_margin", "preference_accuracy")

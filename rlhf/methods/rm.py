@@ -24,7 +24,7 @@ from rlhf.methods._common import (
 from rlhf.schema import OptionalLoraConfig
 
 NAME = "rm"
-DATA_FORMATS = ("preference",)
+DATA_FORMATS = ("preference", "implicit_preference")
 HEAD = "sequence-classification"
 USES_REWARD = False
 RESULTS = ("heldout_pairwise_accuracy",)

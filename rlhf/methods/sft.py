@@ -15,7 +15,7 @@ from rlhf.methods._common import callbacks, fit, library_checks, profile_batch, 
 from rlhf.schema import TrainingConfig
 
 NAME = "sft"
-DATA_FORMATS = ("alpaca", "chat", "question_decomposition")
+DATA_FORMATS = ("alpaca", "chat", "question_decomposition", "sharegpt", "prompt_completion", "text")
 HEAD = "causal-lm"
 USES_REWARD = False
 RESULTS: tuple[str, ...] = ()
