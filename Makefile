@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m rlhf.models
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -60,6 +60,9 @@ bench-checkpoint: $(STAMP) ## checkpoint size and save time (LoRA, full), share 
 
 bench-resume: $(STAMP) ## runs killed with SIGKILL at random and resumed vs one uninterrupted run (curves, weights)
 	$(PY) bench/resume_soak.py
+
+bench-packing: $(STAMP) ## SFT tokens/s with and without data.packing=true on the embedded model
+	$(PY) bench/packing.py
 
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

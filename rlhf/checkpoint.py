@@ -104,10 +104,13 @@ class Plan:
     stop: StopRequest | None = None
     saves: Saves = field(default_factory=Saves)
     boundary: int = 1  # steps a method's state spans (GRPO with num_iterations: one generation's updates)
+    wanted: bool = False  # a monitor rule asks for a checkpoint at the next step boundary
+    halt: str | None = None  # a monitor rule's stop: the reason; the run ends cleanly at the next boundary
 
     def publish(self, written: Path, step: int, started: float) -> Path:
         """A whole checkpoint written since `started`: counted, then published as step-N."""
         self.saves.add(step, time.time() - started)
+        self.wanted = False
         extra = {"checkpoints_written": self.saves.count, "checkpoint_seconds": round(self.saves.seconds, 3)}
         return publish(written, self.run_dir, step, self.keep, extra)
 
@@ -115,10 +118,21 @@ class Plan:
         """Whether the step just finished gets a checkpoint."""
         if step % self.boundary and not last:  # mid-way through state no checkpoint holds
             return False
-        return (self.every > 0 and step % self.every == 0) or self.stopping or (last and self.at_end)
+        return (
+            (self.every > 0 and step % self.every == 0)
+            or self.stopping
+            or self.wanted
+            or self.halt is not None
+            or (last and self.at_end)
+        )
+
+    def ends_here(self, step: int) -> bool:
+        """Whether training ends after the step just finished: a signal or a monitor's stop, at a boundary."""
+        return (self.stopping or self.halt is not None) and step % self.boundary == 0
 
     @property
     def stopping(self) -> bool:
+        """A signal asked the run to stop (it exits 128 + n, to be resumed); a monitor's stop is `halt`."""
         return self.stop is not None and self.stop.requested
 
 

@@ -25,18 +25,19 @@ GROUPS = {
     "reward": "what ppo, grpo and rloo maximise",
     "eval": "the lm-eval tasks scored before and after training",
     "logger": "where metrics go besides metrics.jsonl",
+    "monitor": "health rules on the training signals (KL, entropy, length, ...) that warn, save or stop",
     "experiment": "presets from experiments/ that set several groups at once",
     "hparams_search": "a sweeper's search space (with -m)",
 }
 
 
-def if_path(path: str, when: str, value: int) -> int:
-    """`${rlhf.if_path:${.path},instructions,80}`: value when data.path is `when`, else 0 (for max_samples).
+def if_path(path: str, when: str, value: Any, otherwise: Any = 0) -> Any:
+    """`${rlhf.if_path:${.path},instructions,80}`: value when data.path is `when`, else `otherwise` (0).
 
-    The shipped instruction set trains on its first rows by default; a user's own file (data.path=...) on
-    every row.
+    A shipped set's own settings (the instruction set trains on its first rows, and has a held-out file)
+    do not carry over to a user's file given as data.path=...
     """
-    return value if path == when else 0
+    return value if path == when else otherwise
 
 
 def options(group: str) -> list[str]:
@@ -68,11 +69,20 @@ def register() -> None:
         ("reward", schema.RewardConfig),
         ("eval", schema.EvalConfig),
         ("logger", schema.LoggerConfig),
+        ("monitor", schema.MonitorConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=schema.WandbLoggerConfig)
     for name, module in methods.registry().items():
         cs.store(group="schema/method", name=name, node=module.Config)
+    # python -m rlhf.synth (conf/synthesize.yaml): its root and one schema per synth mode
+    cs.store(name="synth_root_schema", node=schema.SynthRootConfig)
+    for name, node in [
+        ("magpie", schema.MagpieConfig),
+        ("self-instruct", schema.SelfInstructConfig),
+        ("preferences", schema.PreferencesConfig),
+    ]:
+        cs.store(group="schema/synth", name=name, node=node)
 
 
 def compose(overrides: list[str], **kwargs: Any) -> DictConfig:

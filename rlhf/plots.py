@@ -1,4 +1,5 @@
-"""plots/loss.png: a run's training curves (loss, rewards, KL, learning rate, gradient norm) against the step."""
+"""plots/loss.png: a run's training curves (loss, rewards, KL, learning rate, gradient norm) against the step,
+with the held-out values (eval_loss, ...) on the same axes where the run evaluated."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def plot_curves(run_dir: Path, rows: list[dict[str, Any]], title: str) -> list[P
         else:  # per-batch values are noisy: draw them faintly under a running mean
             ax.plot(steps, values, alpha=0.3, label="per step")
             ax.plot(steps, running_mean(list(values), max(len(values) // 10, 2)), label="running mean")
+            ax.legend(fontsize=7)
+        heldout = [(r["step"], r[f"eval_{key}"]) for r in rows if f"eval_{key}" in r]
+        if heldout:  # the held-out curve beside the training one: overfitting shows as the two parting
+            ax.plot(*zip(*heldout, strict=True), marker="o", color="tab:red", label="held-out")
             ax.legend(fontsize=7)
         ax.set_xlabel("step")
         ax.set_title(key.replace("_", " ").replace("/", ": "))

@@ -28,6 +28,11 @@ class ModelConfig:
     install_hint: str = ""  # the command that installs `path` when source=gguf
     revision: str = "main"
     trust_remote_code: bool = False
+    # the numbers of the model's config.json (hidden_size, num_hidden_layers, vocab_size, ...):
+    # - tiny: what its random Llama is built from (vocab_size comes from the tokenizer);
+    # - pretrained / gguf: what `python -m rlhf.plan` sizes the model from without its files, copied from the
+    #   published config.json, with its `model_type` (llama when absent) and `hub_id`, the model.path they
+    #   describe (for any other model.path the plan reads that model's own config.json); loading ignores them.
     architecture: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,6 +49,9 @@ class TrainingConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 1
+    # held-out rows (data.eval_*) scored every N steps by the methods that evaluate on a schedule (the SFT
+    # methods' eval loss, dpo / kto's held-out accuracy); 0: at the end only
+    eval_steps: int = 0
 
 
 @dataclass
@@ -92,6 +100,9 @@ class HardwareConfig:
     gradient_checkpointing: bool = MISSING
     optim: str = MISSING
     max_seq_length: int = MISSING
+    # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
+    # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.
+    memory_gb: float | None = MISSING
     dataloader_num_workers: int = 0
     checkpoint_every: int = MISSING  # steps between checkpoints where checkpoint.every is null
     checkpoint_keep: int = MISSING  # complete checkpoints kept where checkpoint.keep is null
@@ -103,7 +114,12 @@ class DataConfig:
     # a shipped set (rlhf/datasets/<path>.jsonl), a local .json/.jsonl/.csv/.parquet file, a directory or
     # glob of them, or a hub id
     path: str = MISSING
-    eval_path: str = ""  # a held-out set in the same format (rm reports pairwise accuracy on it)
+    # held-out rows, at most one of the three: a file or set in the same format, a hub split, or a share
+    # of data.path's rows split off with the run's seed (rm / dpo / kto report accuracy on them, the SFT
+    # methods eval loss, ppo / grpo / rloo the reward of greedy answers)
+    eval_path: str = ""
+    eval_split: str = ""  # hub data sets only: the held-out split, e.g. test
+    eval_fraction: float = 0.0  # e.g. 0.1: a tenth of the rows held out (0: none)
     format: str = "auto"  # auto (from the keys) or one of rlhf.data.FORMATS
     split: str = "train"  # hub data sets only
     subset: str = ""  # hub data sets only: the config name ("" = the default one)
@@ -118,6 +134,9 @@ class DataConfig:
         "auto"  # rows over hardware.max_seq_length: auto (truncate SFT rows, drop others) | truncate | drop
     )
     max_samples: int = 0  # 0 = all rows
+    # SFT methods: rows packed into hardware.max_seq_length windows without padding (TRL's padding-free
+    # packing; attention stays within each row), loss still on completions only
+    packing: bool = False
     sample_prompts: list[str] = field(default_factory=list)  # fixed prompts for samples.jsonl
     decomposition_instruction: str = "Break this question into simpler sub-questions:"
 
@@ -132,6 +151,9 @@ class RewardConfig:
     model_path: str = ""  # model: a method=rm run's model/ directory, or a sequence-classification model
     components: list[str] = field(default_factory=list)  # mix: reward names, e.g. [keyword, model]
     weights: list[float] = field(default_factory=list)  # mix: one weight per component
+    # model: how prompt and answer reach a reward model whose tokenizer has no chat template (one with a
+    # template gets the conversation in its chat format)
+    template: str = "{prompt}\n\n{answer}"
 
 
 @dataclass
@@ -178,6 +200,36 @@ class CheckpointConfig:
 
 
 @dataclass
+class MonitorRule:
+    """One health rule: a signal, a condition on it, and what to do when it holds (conf/monitor/)."""
+
+    signal: str = MISSING  # a name from rlhf.monitor.SIGNALS (kl, entropy, response_length, ...)
+    # above / below: the window's mean beyond `value`; rise / fall: the later values' mean `value` percent
+    # above / below its early-run level (the first window); spike: the newest value over `value` times
+    # the window's median; nonfinite: NaN or infinite; trend_up / trend_down: the window's least-squares
+    # slope beyond `value` per step
+    condition: str = MISSING
+    value: float = 0.0
+    window: int = 5  # logged values the condition looks at
+    action: str = "warn"  # warn | checkpoint (save now, go on) | stop (save, end the run cleanly here)
+    why: str = ""  # what it means when it fires, printed with the alarm
+    optional: bool = False  # true: applies where the method logs the signal (the shipped rule sets)
+
+
+@dataclass
+class MonitorConfig:
+    name: str = MISSING
+    # rule name -> a MonitorRule's fields (untyped here: OmegaConf cannot add a typed dataclass entry from
+    # the command line, +monitor.rules.NAME={...}; rlhf.monitor.rules_of types each against MonitorRule)
+    rules: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PlanConfig:
+    check: bool = MISSING  # estimate peak memory before weights load; refuse a run that cannot fit (rlhf.plan)
+
+
+@dataclass
 class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING
@@ -188,6 +240,7 @@ class RootConfig:
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     # each group's node is typed by its own schema (see the YAML's defaults list)
     model: Any = MISSING
     method: Any = MISSING
@@ -196,3 +249,68 @@ class RootConfig:
     data: Any = MISSING
     eval: Any = MISSING
     logger: Any = MISSING
+    monitor: Any = MISSING
+
+
+@dataclass
+class SynthConfig:
+    """`python -m rlhf.synth`: the keys every synth mode shares (conf/synth/)."""
+
+    name: str = MISSING  # magpie | self-instruct | preferences
+    # candidates generated: magpie conversations, self-instruct instructions, preferences prompts answered
+    # (preferences: 0 = every prompt); the filters decide how many of them reach data.jsonl
+    count: int = MISSING
+    batch_size: int = MISSING  # candidates per batch (the resume and stall unit)
+    checkpoint_every: int = MISSING  # candidates between flushes of data.jsonl, rejected.jsonl and state.json
+    stall_s: float = MISSING  # seconds without a generated token before a batch is retried at half the size
+    backend: str = MISSING  # transformers | vllm (CUDA only)
+    max_new_tokens: int = MISSING  # per answer
+    top_p: float = MISSING  # answers
+    # quality filters, applied in order, each an entry {name, on, ...its parameters} (rlhf/synth/filters.py)
+    filters: list[Any] = field(default_factory=list)
+    examples: int = 3  # kept rows shown in card.md
+
+
+@dataclass
+class InstructionSampling:
+    """A mode that writes its own instructions: their sampling, apart from the answers' temperature."""
+
+    temperature: float = MISSING  # answers (0: greedy)
+    instruction_temperature: float = MISSING
+    instruction_top_p: float = MISSING
+    instruction_max_new_tokens: int = MISSING
+
+
+@dataclass
+class MagpieConfig(InstructionSampling, SynthConfig):
+    system_prompt: str = MISSING  # steers the topic ("": the template's own default); not written to rows
+    turns: int = MISSING  # user / assistant exchanges per conversation
+
+
+@dataclass
+class SelfInstructConfig(InstructionSampling, SynthConfig):
+    seed_tasks: str = MISSING  # Self-Instruct's seed-task JSONL ("": the shipped one)
+    prompt_seed_tasks: int = MISSING  # instructions in a bootstrap prompt taken from the seed tasks
+    prompt_machine_tasks: int = MISSING  # ... and from the instructions generated so far
+    classification_shots: int = MISSING  # seed tasks of each kind in the "is it classification?" prompt
+    instance_shots: int = MISSING  # seed tasks shown with their instances in an instance prompt
+
+
+@dataclass
+class PreferencesConfig(SynthConfig):
+    prompts: str = MISSING  # a data.path-like value: a shipped set, a file, a directory or a hub id
+    n: int = MISSING  # answers per prompt
+    temperatures: list[float] = MISSING  # answer i is sampled at temperatures[i % len]
+    rejected: str = MISSING  # worst | random_lower (any answer scored below the chosen one)
+    min_margin: float = MISSING  # pairs whose chosen - rejected score is below this are dropped (ties too)
+
+
+@dataclass
+class SynthRootConfig:
+    seed: int = MISSING
+    cache_dir: str = MISSING
+    resume: str = MISSING  # "": a new run; a synth run directory to continue where it stopped
+    model: Any = MISSING
+    hardware: Any = MISSING
+    reward: Any = MISSING
+    synth: Any = MISSING

@@ -109,6 +109,21 @@ def print_run_table(summary: dict[str, Any], run_dir: Path) -> None:
                 else ""
             ),
         ),
+        *(
+            [
+                (
+                    "alarms",
+                    "; ".join(f"{a['rule']} at step {a['step']} ({a['action']})" for a in summary["alarms"]),
+                )
+            ]
+            if summary.get("alarms")
+            else []
+        ),
+        *(
+            [("stopped early", f"at step {stop['step']} by {stop['rule']}: {stop['reason']}")]
+            if (stop := summary.get("stopped_early"))
+            else []
+        ),
         ("saved to", str(run_dir)),
     ]
     width = max(len(k) for k, _ in lines)

@@ -36,11 +36,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
         method = methods.get(cfg.method.name)
         dataset = data.load(cfg.data, method.DATA_FORMATS, cfg.method.name)  # bad rows fail here: file:line
-        heldout = (
-            data.load(cfg.data, method.DATA_FORMATS, cfg.method.name, "eval_path")
-            if cfg.data.eval_path
-            else None
-        )
+        data.load_heldout(cfg.data, dataset, method.DATA_FORMATS, cfg.method.name, cfg.seed)  # and there
         from rlhf import choices, config, evaluate, models, rewards  # torch, transformers: after the checks
 
         hw = config.resolve_hardware(cfg.hardware)  # auto -> the profile this machine gets; CUDA needs CUDA
@@ -48,12 +44,10 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         choices.check(cfg)  # the libraries' own lists: scheduler, optimizer, loss type, target modules
         # again, now with the model's tokenizer: rows longer than the profile's max_seq_length are truncated
         # or dropped as data.too_long says, and counted
-        dataset = data.load(
-            cfg.data,
-            method.DATA_FORMATS,
-            cfg.method.name,
-            tokenizer=data.tokenizer_for(cfg.model, cfg.cache_dir),
-            max_length=hw.max_seq_length,
+        fit = {"tokenizer": data.tokenizer_for(cfg.model, cfg.cache_dir), "max_length": hw.max_seq_length}
+        dataset = data.load(cfg.data, method.DATA_FORMATS, cfg.method.name, **fit)
+        dataset, heldout = data.load_heldout(
+            cfg.data, dataset, method.DATA_FORMATS, cfg.method.name, cfg.seed, **fit
         )
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
@@ -100,6 +94,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             stop=checkpoint.StopRequest(),
             saves=checkpoint.Saves.before(resume_from),
         )
+        from rlhf import monitor
+
+        # every logged row passes the health rules on its way to metrics.jsonl (a resumed run replays its own)
+        rules = monitor.rules_of(cfg.monitor)
+        watch = monitor.Monitor(metrics, rules, getattr(method, "SIGNALS", {}), plan, replay=metrics.rows)
         inputs = methods.Inputs(
             model=model,
             tokenizer=tokenizer,
@@ -107,10 +106,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             config=OmegaConf.to_object(cfg.method),
             hardware=hw,
             run=methods.RunInfo(dir=run_dir, seed=cfg.seed),
-            metrics=metrics,
+            metrics=watch,
             eval_rows=heldout.rows if heldout else [],
             rewards=reward,
             checkpoints=plan,
+            packing=cfg.data.packing,
         )
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from.name}")
@@ -149,6 +149,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         resumed_from_step=step or None,
         checkpoints_written=plan.saves.count,
         checkpoint_seconds=round(plan.saves.seconds, 2),
+        alarms=watch.summary(),
+        stopped_early=watch.stopped_early(),
     )
     summary.write_json(run_dir / "summary.json", record)  # written last: its presence marks a finished run
     summary.print_run_table(record, run_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rlhf import data, methods
+from rlhf import data, methods, monitor
 from rlhf.errors import Problems
 from rlhf.hub import looks_local
 from rlhf.methods._common import check_training
@@ -71,6 +71,7 @@ def validate(cfg: DictConfig) -> None:
     method = methods.get(t.name)
     check_training(t, p)
     method.validate(t, p)
+    monitor.check(cfg.monitor, t.name, getattr(method, "SIGNALS", {}), p)
 
     e = cfg.eval
     p.check(
@@ -139,6 +140,29 @@ def validate(cfg: DictConfig) -> None:
         d.columns,
         "must map source columns to format keys",
         "write data.columns={question:prompt,answer:completion}",
+    )
+    packs = [n for n, mod in methods.registry().items() if getattr(mod, "PACKING", False)]
+    p.check(
+        not d.packing or getattr(method, "PACKING", False),
+        "data.packing",
+        d.packing,
+        f"method={t.name} does not train on packed rows",
+        f"set data.packing=false, or use {' / '.join(f'method={n}' for n in packs)}",
+    )
+    p.check(
+        0 <= d.eval_fraction < 1,
+        "data.eval_fraction",
+        d.eval_fraction,
+        "must be in [0, 1)",
+        "use e.g. 0.1 (a tenth of the rows held out) or 0 (none)",
+    )
+    given = [f"data.{k}={d[k]}" for k in ("eval_path", "eval_split", "eval_fraction") if d[k]]
+    p.check(
+        len(given) <= 1,
+        "data.eval_path",
+        d.eval_path,
+        f"held-out rows come from one place, not {' and '.join(given)}",
+        "keep one of data.eval_path / data.eval_split / data.eval_fraction (set the others to '' or 0)",
     )
     p.check(
         d.max_samples >= 0,

@@ -36,6 +36,32 @@ def test_shipped_preferences_have_a_disjoint_heldout_split(make_cfg):
     assert all(r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant" for r in train.rows)
 
 
+def test_shipped_instruction_set_has_a_disjoint_heldout_file(make_cfg):
+    cfg = make_cfg().data
+    train = data.load(cfg, SFT, "lora")
+    heldout = data.load(cfg, SFT, "lora", "eval_path")
+    assert len(heldout.rows) >= 30
+    prompts = {r["prompt"][0]["content"] for r in train.rows}
+    assert not prompts & {r["prompt"][0]["content"] for r in heldout.rows}
+    assert make_cfg("data.path=instructions.jsonl").data.eval_path == ""  # a user's file has none of its own
+
+
+def test_eval_fraction_holds_out_the_same_rows_for_the_same_seed(make_cfg):
+    cfg = make_cfg("data.eval_path=", "data.eval_fraction=0.2", "data.max_samples=50").data
+    loaded = data.load(cfg, SFT, "lora")
+    first = data.load_heldout(cfg, loaded, SFT, "lora", seed=1)
+    again = data.load_heldout(cfg, loaded, SFT, "lora", seed=1)
+    other = data.load_heldout(cfg, loaded, SFT, "lora", seed=2)
+    train, heldout = first
+    assert (len(train.rows), len(heldout.rows)) == (40, 10)
+    assert again[1].rows == heldout.rows and other[1].rows != heldout.rows
+    text = [json.dumps(r) for r in loaded.rows]
+    assert sorted(text) == sorted(json.dumps(r) for r in train.rows + heldout.rows)  # no row lost or repeated
+    assert [text.index(json.dumps(r)) for r in train.rows] == sorted(
+        text.index(json.dumps(r)) for r in train.rows
+    )
+
+
 def test_seed_000_prompts(make_cfg):
     loaded = data.load(make_cfg("data=sentiment-prompts").data, ("prompts",), "ppo")
     assert [r["prompt"][0]["content"] for r in loaded.rows] == ["I feel so", "This makes me", "I am really"]

@@ -195,9 +195,52 @@ CASES = [
     ),
     (
         "rejected-by-the-trainer",  # transformers' own rule, met when the trainer is built
-        lambda t: ["model=tiny", "eval=none", "method.lr_scheduler_type=reduce_lr_on_plateau"],
+        lambda t: [
+            "model=tiny",
+            "eval=none",
+            "data.eval_path=",
+            "method.lr_scheduler_type=reduce_lr_on_plateau",
+        ],
         "method.lr_scheduler_type=reduce_lr_on_plateau: TRL's SFTTrainer rejected it (lr_scheduler_type "
         "reduce_lr_on_plateau requires an eval strategy)",
+    ),
+    (
+        "heldout-from-two-places",
+        lambda t: ["data.eval_fraction=0.1"],  # the shipped instruction set has its held-out file
+        "data.eval_path=instructions_heldout: held-out rows come from one place, not "
+        "data.eval_path=instructions_heldout and data.eval_fraction=0.1",
+    ),
+    (
+        "eval-fraction-out-of-range",
+        lambda t: ["data.eval_path=", "data.eval_fraction=1.5"],
+        "data.eval_fraction=1.5: must be in [0, 1)",
+    ),
+    (
+        "eval-split-of-a-local-file",
+        lambda t: [f"data.path={write(t / 'a.jsonl', alpaca(4))}", "data.eval_split=test"],
+        "data.eval_split=test: only a hub data set has splits",
+    ),
+    (
+        "packing-a-method-cannot-take",
+        lambda t: ["method=prompt-tuning", "data.packing=true"],
+        "data.packing=true: method=prompt-tuning does not train on packed rows; fix: set data.packing=false, "
+        "or use method=lora / method=sft",
+    ),
+    (
+        "monitor-rule-on-a-signal-the-method-lacks",
+        lambda t: ["+monitor.rules.critic={signal:explained_variance,condition:below,value:0}"],
+        "monitor.rules.critic.signal=explained_variance: method=lora does not log it (it logs: eval_loss, "
+        "grad_norm, loss)",
+    ),
+    (
+        "monitor-rule-with-an-unknown-signal",
+        lambda t: ["monitor.rules.kl_runaway.signal=kll"],
+        "monitor.rules.kl_runaway.signal=kll: unknown signal; fix: use one of: kl, entropy",
+    ),
+    (
+        "monitor-rule-with-a-misspelled-key",
+        lambda t: ["+monitor.rules.mine={signal:kl,conditio:above}"],
+        "monitor.rules.mine: Key 'conditio' not in 'MonitorRule'; fix: a rule has the keys signal, condition",
     ),
     (
         "merge-without-lora",

@@ -46,6 +46,7 @@ LAYERS = {
         "rlhf.hub",
         "rlhf.cache",
         "rlhf.checkpoint",
+        "rlhf.monitor",
         "rlhf.tasks",
         "rlhf.tasks.*",
     ],

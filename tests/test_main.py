@@ -15,8 +15,9 @@ from tests.test_tracking import read_wandb_run
 SUMMARY_KEYS = [
     "method", "model", "hardware", "precision", "data", "data_rows", "seed", "steps", "first_loss",
     "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
-    "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
+    "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval_loss", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
     "wall_time_s", "data_truncated", "data_dropped", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
+    "alarms", "stopped_early",
 ]  # fmt: skip
 
 
@@ -47,6 +48,10 @@ def test_summary_reports_what_users_compare(lora_run):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert list(summary) == SUMMARY_KEYS
     assert summary["steps"] == 3 and summary["hardware"] == "cpu"  # hardware=auto resolved on this machine
+    # the shipped instruction set's held-out file: its loss at the last step, also in metrics.jsonl
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["eval_loss"] == [m["eval_loss"] for m in metrics if "eval_loss" in m][-1] > 0
+    assert "eval loss" in out.stdout
     assert summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 100
     assert 0 < summary["trainable_params"] < summary["total_params"]
     assert summary["trainable_share"] == pytest.approx(
@@ -94,8 +99,15 @@ def test_full_sft_run_saves_a_plain_transformers_model(rlhf_cli, tmp_path):
     assert summary["data"] == "question-decomposition"
 
 
-# every method that reports results of its own (preference and RL methods), from the registry
-@pytest.mark.parametrize("method", [name for name, m in methods.registry().items() if m.RESULTS])
+# every preference and RL method (those that take none of sft's formats), from the registry
+@pytest.mark.parametrize(
+    "method",
+    [
+        n
+        for n, m in methods.registry().items()
+        if not set(m.DATA_FORMATS) & set(methods.get("sft").DATA_FORMATS)
+    ],
+)
 def test_preference_and_rl_methods_write_a_complete_run(rlhf_cli, tmp_path, method):
     run_dir = tmp_path / method
     out = rlhf_cli(

@@ -13,7 +13,7 @@ Python up to the first rows (no torch), so bad data fails in milliseconds, befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from omegaconf import DictConfig
@@ -24,7 +24,16 @@ from rlhf.data.lengths import tokenizer_for
 from rlhf.data.sources import SHIPPED
 from rlhf.errors import UserError
 
-__all__ = ["FORMATS", "SHIPPED", "Data", "load", "sample_prompts", "tokenizer_for", "user_prompt"]
+__all__ = [
+    "FORMATS",
+    "SHIPPED",
+    "Data",
+    "load",
+    "load_heldout",
+    "sample_prompts",
+    "tokenizer_for",
+    "user_prompt",
+]
 
 
 @dataclass
@@ -51,15 +60,22 @@ def load(
     key: str = "path",
     tokenizer: Any = None,
     max_length: int | None = None,
+    split: str | None = None,
 ) -> Data:
     """Read `cfg[key]` (data.path, or data.eval_path for held-out rows), check every row, and convert it
     for a method that `accepts` these formats. With a tokenizer and max_length (hardware.max_seq_length),
-    rows too long are truncated or dropped as data.too_long says, and counted on the result."""
+    rows too long are truncated or dropped as data.too_long says, and counted on the result. `split`: a hub
+    data set's split other than data.split (data.eval_split)."""
     path = str(cfg[key])
     source = sources.resolve(path, key)
+    if split and source.kind != "hub":
+        raise UserError(
+            f"data.eval_split={split}: only a hub data set has splits, and data.{key}={path} is a local "
+            "file; fix: use data.eval_path=FILE or data.eval_fraction=0.1 instead"
+        )
     rows: list[dict[str, Any]] = []
     fmt, keys, style, count = None, [], None, 0
-    for where, record in sources.records(source, cfg):
+    for where, record in sources.records(source, cfg, split):
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}; fix: that row")
         record = _renamed(record, cfg.columns, where, check=count == 0)
@@ -91,6 +107,50 @@ def load(
         if data.dropped or data.truncated:
             print(f"data.{key}={path}: {describe_lengths(data, max_length, cfg.too_long)}")
     return data
+
+
+def load_heldout(
+    cfg: DictConfig,
+    train: Data,
+    accepts: tuple[str, ...],
+    method: str,
+    seed: int,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> tuple[Data, Data | None]:
+    """The held-out rows data.eval_path, data.eval_split or data.eval_fraction asks for (None without),
+    and the training rows that remain (all of them, unless the held-out rows are a share split off)."""
+    fit = {"tokenizer": tokenizer, "max_length": max_length}
+    if cfg.eval_path:
+        return train, load(cfg, accepts, method, "eval_path", **fit)
+    if cfg.eval_split:
+        return train, load(cfg, accepts, method, split=cfg.eval_split, **fit)
+    if not cfg.eval_fraction:
+        return train, None
+    return split_off(train, cfg.eval_fraction, seed)
+
+
+def split_off(data: Data, fraction: float, seed: int) -> tuple[Data, Data]:
+    """A share of the rows held out at random, the same rows for the same seed; both parts keep the file's
+    order. At least one row stays on each side."""
+    import random
+
+    n = len(data.rows)
+    if n < 2:
+        raise UserError(
+            f"data.eval_fraction={fraction}: {data.source} has {n} row, too few to hold any out; fix: set "
+            "data.eval_fraction=0 or give more rows"
+        )
+    held = min(max(round(n * fraction), 1), n - 1)
+    chosen = set(random.Random(seed).sample(range(n), held))
+    keep = [i for i in range(n) if i not in chosen]
+    heldout = [i for i in range(n) if i in chosen]
+
+    def part(indices: list[int]) -> Data:
+        lengths = [data.lengths[i] for i in indices] if data.lengths else []
+        return replace(data, rows=[data.rows[i] for i in indices], lengths=lengths)
+
+    return part(keep), part(heldout)
 
 
 def describe_lengths(data: Data, max_length: int, too_long: str) -> str:

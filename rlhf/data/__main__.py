@@ -23,7 +23,7 @@ def preview(argv: list[str]) -> None:
     tokenizer = data.tokenizer_for(cfg.model, cfg.cache_dir)
     fit = {"tokenizer": tokenizer, "max_length": hw.max_seq_length}
     train = data.load(d, method.DATA_FORMATS, name, **fit)
-    heldout = data.load(d, method.DATA_FORMATS, name, "eval_path", **fit) if d.eval_path else None
+    train, heldout = data.load_heldout(d, train, method.DATA_FORMATS, name, cfg.seed, **fit)
 
     how = (
         f"detected from the keys {', '.join(train.detected_by)}"

@@ -82,19 +82,21 @@ def _files(path: str, files: list[Path], key: str) -> Source:
     return Source(path, files, kinds[0])
 
 
-def records(source: Source, cfg: Any) -> Iterator[tuple[str, Any]]:
-    """(where, record) for every record of the source, in order."""
+def records(source: Source, cfg: Any, split: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every record of the source, in order; `split`: a hub split other than
+    data.split."""
     if source.kind == "json":
         for file in source.files:
             yield from _json_records(file)
         return
-    dataset = _with_datasets(source, cfg)
+    split = split or cfg.split
+    dataset = _with_datasets(source, cfg, split)
     single = len(source.files) == 1
     for i, record in enumerate(dataset):
         if source.kind == "csv" and single:
             where = f"{source.files[0]}:{i + 2}"  # line 1 is the header
         elif source.kind == "hub":
-            where = f"{source.label}[{cfg.split}]:row {i + 1}"
+            where = f"{source.label}[{split}]:row {i + 1}"
         else:
             where = f"{source.label}:row {i + 1}"
         yield where, record
@@ -189,7 +191,7 @@ def check_utf8(file: Path, chunk: int = 1 << 20) -> None:
             _decode(file, b"\xff", offset - 1, None)  # the file ends inside a character
 
 
-def _with_datasets(source: Source, cfg: Any):
+def _with_datasets(source: Source, cfg: Any, split: str):
     import datasets
 
     quiet = datasets.utils.logging.is_progress_bar_enabled()
@@ -213,11 +215,11 @@ def _with_datasets(source: Source, cfg: Any):
                 ) from None
         try:
             return datasets.load_dataset(
-                source.label, name=cfg.subset or None, split=cfg.split, revision=cfg.revision
+                source.label, name=cfg.subset or None, split=split, revision=cfg.revision
             )
         except Exception as e:  # offline, unknown id, gated, wrong split or subset: all end the same way
             raise UserError(
-                f"data.path={source.label}: could not load it (split={cfg.split}, subset={cfg.subset or 'default'}, "
+                f"data.path={source.label}: could not load it (split={split}, subset={cfg.subset or 'default'}, "
                 f"revision={cfg.revision}) from the Hugging Face hub or its cache ({type(e).__name__}: "
                 f"{_first_line(e)}); fix: check data.split / data.subset, connect to the network once, or use "
                 "a local file"

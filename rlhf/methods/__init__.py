@@ -13,6 +13,8 @@ A method module (any module or package here whose name does not start with `_`) 
     train(inputs) -> Result
     library_choices(m)      optional: {key: valid values} for keys whose list a library owns (a loss type)
     check_hardware(m, hw, problems)   optional: its rules on the hardware profile (also on auto's pick)
+    PACKING       optional: True where it trains on packed rows (data.packing=true)
+    SIGNALS       optional: {monitor signal: the key it logs} for the monitor group's rules (rlhf.monitor)
 
 Adding a method is its module and its YAML: the schema store, validation, `--help`, the run's table and
 `rlhf.compare` read this registry. The module's surface imports nothing heavy (TRL, peft and torch are
@@ -73,6 +75,7 @@ class Inputs:
     eval_rows: list[dict[str, Any]] = field(default_factory=list)  # held-out rows, where the method uses them
     rewards: list[Reward] = field(default_factory=list)  # reward components (methods with USES_REWARD)
     checkpoints: Plan | None = None  # when to checkpoint, the checkpoint to resume from, the stop request
+    packing: bool = False  # data.packing: rows packed into max_seq_length windows (methods with PACKING)
 
 
 @dataclass

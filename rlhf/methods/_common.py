@@ -32,6 +32,13 @@ def check_training(m: Any, p: Problems) -> None:
     )
     p.positive("method.max_grad_norm", m.max_grad_norm, "1.0")
     p.positive("method.logging_steps", m.logging_steps, "1")
+    p.check(
+        m.eval_steps >= 0,
+        "method.eval_steps",
+        m.eval_steps,
+        "must be >= 0",
+        "use 0 (held-out rows scored at the end only) or a step count",
+    )
 
 
 def check_lora(m: Any, p: Problems) -> None:
@@ -145,6 +152,52 @@ def trainer_args(inputs: Any, batch: tuple[int, int], max_length: int | None = -
     return args
 
 
+def eval_args(inputs: Any, batch: tuple[int, int]) -> dict[str, Any]:
+    """The trainer fields that score the held-out rows every method.eval_steps steps (at the end only with
+    0; see `final_eval`), for a trainer given `eval_dataset(inputs)`."""
+    steps = inputs.config.eval_steps if inputs.eval_rows else 0
+    return {
+        "eval_strategy": "steps" if steps else "no",
+        "eval_steps": steps or None,
+        "per_device_eval_batch_size": batch[0],
+    }
+
+
+def eval_dataset(inputs: Any):
+    """The held-out rows as the trainer's eval_dataset (None without)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(inputs.eval_rows) if inputs.eval_rows else None
+
+
+def final_eval(trainer: Any, inputs: Any) -> dict[str, float]:
+    """The trainer's held-out metrics at the last step ({} without held-out rows, or when a stop request
+    ended the run early): the schedule's last evaluation where it fell on the last step, else one more."""
+    plan = inputs.checkpoints
+    if not inputs.eval_rows or (plan is not None and plan.stopping):
+        return {}
+    done = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if done and done[-1].get("step") == trainer.state.global_step:
+        return done[-1]
+    return trainer.evaluate()
+
+
+def heldout_reward(inputs: Any, model: Any, batch_size: int = 8) -> float | None:
+    """The mean reward of greedy answers to the held-out prompts (ppo, grpo, rloo): what the policy learned,
+    on prompts it never trained on. None without held-out rows, or when a stop request ended the run early."""
+    from rlhf import generation, rewards
+
+    plan = inputs.checkpoints
+    if not inputs.eval_rows or (plan is not None and plan.stopping):
+        return None
+    scores: list[float] = []
+    for start in range(0, len(inputs.eval_rows), batch_size):
+        prompts = [row["prompt"] for row in inputs.eval_rows[start : start + batch_size]]
+        answers = generation.greedy(model, inputs.tokenizer, prompts, inputs.config.max_new_tokens)
+        scores += rewards.total(inputs.rewards, prompts, answers)[0]
+    return sum(scores) / len(scores)
+
+
 def callbacks(inputs: Any) -> list:
     """The callbacks every TRL method passes its trainer: metrics to the sink, checkpoints and stops."""
     return [metrics_callback(inputs.metrics), checkpoint_callback(inputs)]
@@ -173,10 +226,19 @@ def checkpoint_callback(inputs: Any):
         def on_step_end(self, args, state, control, **kwargs):
             if plan is None:
                 return
+            self.decide(state, control)
+
+        def on_log(self, args, state, control, **kwargs):
+            # a monitor rule reacts to the step's logs, which come after on_step_end: decide again (the
+            # trainer saves after logging)
+            if plan is not None and (plan.wanted or plan.halt is not None) and not control.should_save:
+                self.decide(state, control)
+
+        def decide(self, state, control):
             if plan.due(state.global_step, last=state.global_step >= state.max_steps):
                 control.should_save = True
                 self.started = time.time()
-            if plan.stopping and control.should_save:  # the step a signal came in, once it can be saved
+            if plan.ends_here(state.global_step) and control.should_save:  # once it can be saved
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):

@@ -16,7 +16,10 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
     callbacks,
     check_adapter_choice,
+    eval_args,
+    eval_dataset,
     field_choices,
+    final_eval,
     fit,
     frozen_copy,
     last_logged,
@@ -31,7 +34,13 @@ NAME = "dpo"
 DATA_FORMATS = ("preference", "implicit_preference")
 HEAD = "causal-lm"
 USES_REWARD = False
-RESULTS = ("reward_margin", "preference_accuracy")
+RESULTS = ("reward_margin", "preference_accuracy", "heldout_preference_accuracy", "heldout_reward_margin")
+SIGNALS = {  # monitor signal -> the key TRL's DPOTrainer logs
+    "grad_norm": "grad_norm",
+    "reward_margin": "rewards/margins",
+    "preference_accuracy": "rewards/accuracies",
+    "chosen_logp": "logps/chosen",
+}
 
 
 @dataclass
@@ -65,6 +74,7 @@ def train(inputs: Inputs) -> Result:
     with library_checks("TRL's DPOTrainer", inputs):
         args = DPOConfig(
             **trainer_args(inputs, profile_batch(inputs.hardware, "pref")),
+            **eval_args(inputs, profile_batch(inputs.hardware, "pref")),
             beta=m.beta,
             loss_type=[m.loss_type],
         )
@@ -73,13 +83,17 @@ def train(inputs: Inputs) -> Result:
             ref_model=None if use_lora else frozen_copy(inputs.model),
             args=args,
             train_dataset=Dataset.from_list(inputs.rows),
+            eval_dataset=eval_dataset(inputs),
             processing_class=inputs.tokenizer,
             peft_config=lora_config(m) if use_lora else None,
             callbacks=callbacks(inputs),
         )
     output = fit(trainer, inputs)
+    heldout = final_eval(trainer, inputs)
     extra = {
         "reward_margin": last_logged(trainer, "rewards/margins"),
         "preference_accuracy": last_logged(trainer, "rewards/accuracies"),
+        "heldout_preference_accuracy": heldout.get("eval_rewards/accuracies"),
+        "heldout_reward_margin": heldout.get("eval_rewards/margins"),
     }
     return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)

@@ -21,6 +21,7 @@ from rlhf.methods._common import (
     check_sampling,
     field_choices,
     fit,
+    heldout_reward,
     last_logged,
     library_checks,
     lora_config,
@@ -32,7 +33,19 @@ NAME = "grpo"
 DATA_FORMATS = ("prompts",)
 HEAD = "causal-lm"
 USES_REWARD = True
-RESULTS = ("final_reward_mean",)
+RESULTS = ("final_reward_mean", "heldout_reward_mean")
+SIGNALS = {  # monitor signal -> the key TRL's GRPOTrainer logs (kl only with method.beta > 0)
+    "grad_norm": "grad_norm",
+    "kl": "kl",
+    "entropy": "entropy",
+    "response_length": "completions/mean_length",
+    "truncated_share": "completions/clipped_ratio",
+    "reward_mean": "reward",
+    "reward_std": "reward_std",
+    "reward/*": "rewards/{}/mean",
+    "zero_std_share": "frac_reward_zero_std",
+    "clip_fraction": "clip_ratio/region_mean",
+}
 
 
 @dataclass
@@ -115,5 +128,8 @@ def train(inputs: Inputs) -> Result:
     return Result(
         model=trainer.model,
         metrics=dict(output.metrics),
-        extra={"final_reward_mean": last_logged(trainer, "reward")},
+        extra={
+            "final_reward_mean": last_logged(trainer, "reward"),
+            "heldout_reward_mean": heldout_reward(inputs, trainer.model),
+        },
     )

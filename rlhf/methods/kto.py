@@ -20,7 +20,9 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
     callbacks,
     check_adapter_choice,
+    eval_args,
     field_choices,
+    final_eval,
     fit,
     frozen_copy,
     last_logged,
@@ -35,7 +37,13 @@ NAME = "kto"
 DATA_FORMATS = ("unpaired",)
 HEAD = "causal-lm"
 USES_REWARD = False
-RESULTS = ("reward_margin", "final_kl")
+RESULTS = ("reward_margin", "final_kl", "heldout_reward_margin")
+SIGNALS = {  # monitor signal -> the key TRL's KTOTrainer logs
+    "grad_norm": "grad_norm",
+    "reward_margin": "rewards/margins",
+    "chosen_logp": "logps/chosen",
+    "kl": "kl",
+}
 
 
 @dataclass
@@ -85,6 +93,7 @@ def train(inputs: Inputs) -> Result:
     with library_checks("TRL's KTOTrainer", inputs):
         args = KTOConfig(
             **trainer_args(inputs, profile_batch(inputs.hardware, "pref")),
+            **eval_args(inputs, profile_batch(inputs.hardware, "pref")),
             beta=m.beta,
             loss_type=m.loss_type,
             desirable_weight=m.desirable_weight,
@@ -95,14 +104,17 @@ def train(inputs: Inputs) -> Result:
             ref_model=None if use_lora else frozen_copy(inputs.model),
             args=args,
             train_dataset=Dataset.from_list(interleaved(inputs.rows)),
+            eval_dataset=Dataset.from_list(interleaved(inputs.eval_rows)) if inputs.eval_rows else None,
             processing_class=inputs.tokenizer,
             peft_config=lora_config(m) if use_lora else None,
             callbacks=callbacks(inputs),
         )
     output = fit(trainer, inputs)
+    heldout = final_eval(trainer, inputs)
     extra = {
         "reward_margin": last_logged(trainer, "rewards/margins"),
         "final_kl": last_logged(trainer, "kl"),
+        "heldout_reward_margin": heldout.get("eval_rewards/margins"),
     }
     return Result(model=trainer.model, metrics=dict(output.metrics), extra=extra)
 

@@ -13,7 +13,9 @@ NAME = "lora"
 DATA_FORMATS = sft.DATA_FORMATS
 HEAD = sft.HEAD
 USES_REWARD = False
-RESULTS: tuple[str, ...] = ()
+RESULTS = sft.RESULTS
+SIGNALS = sft.SIGNALS
+PACKING = sft.PACKING
 
 
 @dataclass

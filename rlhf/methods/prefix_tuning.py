@@ -19,7 +19,8 @@ NAME = "prefix-tuning"
 DATA_FORMATS = sft.DATA_FORMATS
 HEAD = sft.HEAD
 USES_REWARD = False
-RESULTS: tuple[str, ...] = ()
+RESULTS = sft.RESULTS
+SIGNALS = sft.SIGNALS
 
 
 @dataclass

@@ -14,7 +14,8 @@ NAME = "prompt-tuning"
 DATA_FORMATS = sft.DATA_FORMATS
 HEAD = sft.HEAD
 USES_REWARD = False
-RESULTS: tuple[str, ...] = ()
+RESULTS = sft.RESULTS
+SIGNALS = sft.SIGNALS
 
 
 @dataclass

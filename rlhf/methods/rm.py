@@ -28,6 +28,7 @@ DATA_FORMATS = ("preference", "implicit_preference")
 HEAD = "sequence-classification"
 USES_REWARD = False
 RESULTS = ("heldout_pairwise_accuracy",)
+SIGNALS = {"grad_norm": "grad_norm", "preference_accuracy": "accuracy", "reward_margin": "margin"}
 
 
 @dataclass

@@ -58,3 +58,20 @@ def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
     # ... so DPO's implicit rewards, beta x (log pi - log pi_ref), start at 0 and then do not
     chosen = [r["rewards/chosen"] for r in log.rows if "rewards/chosen" in r]
     assert abs(chosen[0]) < 1e-6 and abs(chosen[-1]) > 1e-6, chosen
+
+
+def test_heldout_pairs_are_scored_on_a_schedule_and_at_the_end(make_cfg, tiny, tmp_path):
+    """Held-out pairs the policy never trained on: their preference accuracy every eval_steps and at the end.
+    The pairs are learnable, so after training the held-out chosen answers win."""
+    cfg = make_cfg(
+        "model=tiny", "hardware=cpu", "method=dpo", "method.max_steps=8", "method.learning_rate=1e-2",
+        "method.eval_steps=4",
+    )  # fmt: skip
+    model, tokenizer = tiny()
+    log = Rows()
+    heldout = [dict(p, prompt=[{"role": "user", "content": f"Other {i}?"}]) for i, p in enumerate(pairs(4))]
+    result = dpo.train(make_inputs(cfg, model, tokenizer, pairs(16), tmp_path, log, eval_rows=heldout))
+    evals = [r for r in log.rows if "eval_rewards/accuracies" in r]
+    assert [r["step"] for r in evals] == [4, 8]
+    assert result.extra["heldout_preference_accuracy"] == evals[-1]["eval_rewards/accuracies"] == 1.0
+    assert result.extra["heldout_reward_margin"] > 0

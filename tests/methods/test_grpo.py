@@ -34,8 +34,13 @@ def test_grpo_trains_the_adapter_on_every_reward_component(make_cfg, tiny, tmp_p
     keyword.func = counting
     log = MetricsFile(tmp_path / "metrics.jsonl")
     components = [keyword, rewards.Reward("length", length, 0.1)]
-    result = grpo.train(make_inputs(cfg, model, tokenizer, rows, tmp_path, log, rewards=components))
-    assert calls == [4, 4]  # num_generations completions of one prompt per step
+    heldout = [{"prompt": [{"role": "user", "content": "I am quite"}]}]
+    inputs = make_inputs(cfg, model, tokenizer, rows, tmp_path, log, rewards=components, eval_rows=heldout)
+    result = grpo.train(inputs)
+    assert calls == [4, 4, 1]  # num_generations completions of one prompt per step; the held-out prompt
+    # its reward: the weighted sum for a greedy answer (the tiny model says no keyword: 0.1 x its length)
+    chars = result.extra["heldout_reward_mean"] / 0.1
+    assert chars > 0 and chars == pytest.approx(round(chars))
     logged = [r for r in log.rows if "rewards/keyword/mean" in r]
     assert len(logged) == 2 and all("rewards/length/mean" in r for r in logged)
     assert result.extra["final_reward_mean"] == logged[-1]["reward"]

@@ -24,14 +24,27 @@ from omegaconf import MISSING
 
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
-from rlhf.methods._common import check_lora, check_sampling
+from rlhf.methods._common import check_lora, check_sampling, heldout_reward
 from rlhf.schema import LoraTrainingConfig, SamplingFields
 
 NAME = "ppo"
 DATA_FORMATS = ("prompts",)
 HEAD = "causal-lm"
 USES_REWARD = True
-RESULTS = ("final_reward", "final_success_rate", "final_kl")
+RESULTS = ("final_reward", "final_success_rate", "final_kl", "heldout_reward_mean")
+SIGNALS = {  # monitor signal -> the key the loop logs (loop.make_rollout, loop.optimise)
+    "grad_norm": "grad_norm",
+    "kl": "kl",
+    "entropy": "entropy",
+    "response_length": "response_length",
+    "truncated_share": "response_truncated_share",
+    "reward_mean": "reward",
+    "reward_std": "reward_std",
+    "reward/*": "rewards/{}",
+    "clip_fraction": "clipfrac",
+    "approx_kl": "approx_kl",
+    "explained_variance": "explained_variance",
+}
 
 
 @dataclass
@@ -80,4 +93,6 @@ def adapter_kind(m: Config) -> str | None:
 def train(inputs: Inputs) -> Result:
     from rlhf.methods.ppo import loop
 
-    return loop.train(inputs)
+    result = loop.train(inputs)
+    result.extra["heldout_reward_mean"] = heldout_reward(inputs, result.model)
+    return result

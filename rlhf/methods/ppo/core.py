@@ -19,6 +19,12 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((x - mean) ** 2 * mask).sum() / (n - 1).clamp(min=1)
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns): how much of the returns the value head predicts (1: all of
+    it; 0 or below: no better than their mean, so its advantages are noise)."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Scale to unit variance over the masked entries (and zero mean, unless shift_mean is False)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)

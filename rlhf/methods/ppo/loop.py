@@ -99,7 +99,7 @@ def train(inputs: Inputs) -> Result:
         state.update(step=step, logs=logs)
         if plan is not None and plan.due(step, last=step == steps) and accelerator.is_main_process:
             save_state(plan, state, unwrapped, optimizer, accelerator, kl_ctl)
-        if plan is not None and plan.stopping:
+        if plan is not None and plan.ends_here(step):  # a signal, or a monitor rule's stop
             break
 
     runtime = time.time() - started
@@ -238,6 +238,8 @@ def make_rollout(
         "kl": kl_per_sequence,
         "entropy": entropy.item(),
         "response_length": mask.sum(dim=1).mean().item(),
+        "response_truncated_share": (mask.sum(dim=1) >= m.max_new_tokens).float().mean().item(),
+        "explained_variance": core.explained_variance(values, returns, mask).item(),
     }
     if "keyword" in parts:
         stats["success_rate"] = sum(v > 0 for v in parts["keyword"]) / len(parts["keyword"])
@@ -285,7 +287,8 @@ def optimise(model, optimizer, accelerator, rollout: dict[str, Any], m) -> dict[
                 loss = pg_loss + m.vf_coef * vf_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), m.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), m.max_grad_norm)
+                    totals.setdefault("grad_norm", []).append(float(norm))  # before clipping
                 optimizer.step()
                 optimizer.zero_grad()
             for key, value in {
