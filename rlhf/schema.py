@@ -161,6 +161,9 @@ class EvalConfig:
     name: str = MISSING
     tasks: list[str] = MISSING  # lm-eval task names: ours (rlhf_*, rlhf/tasks/) or lm-eval's registry
     limit: int | None = MISSING  # items per task; null = every item
+    # tasks scored on every item whatever `limit` (log-likelihood tasks: a forward pass per choice, cheap,
+    # and their deltas need the items to be told from noise)
+    every_item: list[str] = field(default_factory=list)
     batch_size: int = MISSING
     num_fewshot: int | None = MISSING  # null = each task's own setting
     apply_chat_template: bool = MISSING  # prompts in the model's chat format, as training formats them
@@ -226,7 +229,9 @@ class MonitorConfig:
 
 @dataclass
 class PlanConfig:
-    check: bool = MISSING  # estimate peak memory before weights load; refuse a run that cannot fit (rlhf.plan)
+    check: bool = (
+        MISSING  # estimate peak memory before weights load; refuse a run that cannot fit (rlhf.plan)
+    )
 
 
 @dataclass

@@ -36,13 +36,20 @@ def test_eval_json_has_before_after_and_delta_for_every_quick_task(eval_run):
     run_dir, out = eval_run
     result = json.loads((run_dir / "eval.json").read_text())
     assert result["tasks"] == QUICK_TASKS and result["limit"] == 3
+    # the multiple-choice task is scored on all its 139 items (eval.every_item): n from acc's stderr
+    assert result["every_item"] == ["rlhf_general_mc"]
+    for side in ("before", "after"):
+        p, se = result[side]["rlhf_general_mc/acc"], result["stderr"][side]["rlhf_general_mc/acc"]
+        assert 0 < p < 1 and p * (1 - p) / se**2 + 1 == pytest.approx(139, abs=0.5)
     for task in QUICK_TASKS:
         keys = [k for k in result["after"] if k.startswith(f"{task}/")]
         assert keys, f"no metric for {task}"
         for key in keys:  # rates lie in [0, 1]; the number of sub-questions is a count
             bound = float("inf") if key.endswith("/sub_questions") else 1.0
             assert 0 <= result["before"][key] <= bound and 0 <= result["after"][key] <= bound
-            assert result["delta"][key] == pytest.approx(result["after"][key] - result["before"][key])
+            assert result["delta"][key] == pytest.approx(
+                result["after"][key] - result["before"][key], abs=1e-6
+            )
     # the same numbers in eval.md, in summary.json and in the terminal table
     table = (run_dir / "eval.md").read_text()
     assert all(f"| {task} |" in table for task in QUICK_TASKS)
@@ -132,16 +139,20 @@ def test_stock_lm_eval_cli_scores_the_saved_adapter_like_the_run_did(eval_run, t
     out = subprocess.run(
         [
             sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", model_args, "--device", "cpu",
-            "--include_path", str(ROOT / "rlhf" / "tasks"), "--tasks", "rlhf_general_mc", "--limit", "3",
-            "--apply_chat_template", "--batch_size", "16", "--output_path", str(tmp_path / "out"),
+            "--include_path", str(ROOT / "rlhf" / "tasks"), "--tasks", "rlhf_general_mc",
+            "--apply_chat_template", "--batch_size", "64", "--output_path", str(tmp_path / "out"),
         ],
         capture_output=True, text=True, cwd=tmp_path, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
     in_run = json.loads((run_dir / "eval.json").read_text())["after"]
-    assert results["rlhf_general_mc"]["acc,none"] == in_run["rlhf_general_mc/acc"]
-    assert results["rlhf_general_mc"]["acc_norm,none"] == in_run["rlhf_general_mc/acc_norm"]
+    # the run scores with the adapter merged, the CLI through peft unmerged, both under bf16 autocast: the
+    # random tiny model's four choices are near ties, so a few of the 139 may flip
+    for metric in ("acc", "acc_norm"):
+        assert results["rlhf_general_mc"][f"{metric},none"] == pytest.approx(
+            in_run[f"rlhf_general_mc/{metric}"], abs=3 / 139
+        )
 
 
 def test_merged_export_is_a_plain_model_equal_to_base_plus_adapter(eval_run):

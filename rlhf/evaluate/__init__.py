@@ -104,19 +104,26 @@ def score(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[s
         # the weights stay as they are; the forward pass runs in the precision training used
         mixed_precision_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision),
     )
+    # eval.limit items of each task, but every item of the tasks in eval.every_item: two lm-eval calls
+    every = [t for t in cfg.tasks if t in cfg.get("every_item", [])]
+    limited = [t for t in cfg.tasks if t not in every]
+    raw: dict[str, Any] = {}
     with generation.lora_merged(model):
-        results = simple_evaluate(
-            model=lm,
-            tasks=list(cfg.tasks),
-            num_fewshot=cfg.num_fewshot,
-            limit=cfg.limit,
-            apply_chat_template=cfg.apply_chat_template,
-            task_manager=task_manager(cfg),
-            log_samples=False,
-            bootstrap_iters=1000,  # only metrics without a closed-form stderr are bootstrapped
-        )
+        for tasks, limit in ((limited, cfg.limit), (every, None)):
+            if not tasks:
+                continue
+            results = simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                num_fewshot=cfg.num_fewshot,
+                limit=limit,
+                apply_chat_template=cfg.apply_chat_template,
+                task_manager=task_manager(cfg),
+                log_samples=False,
+                bootstrap_iters=1000,  # only metrics without a closed-form stderr are bootstrapped
+            )
+            raw.update(results["results"])
     model.train(was_training)
-    raw = results["results"]
     return {"scores": flatten_results(raw), "stderr": flatten_results(raw, stderr=True)}
 
 

@@ -36,6 +36,7 @@ def record(cfg: Any, before: dict, after: dict, seconds: dict[str, float], base_
     return {
         "tasks": list(cfg.tasks),
         "limit": cfg.limit,
+        "every_item": [t for t in cfg.tasks if t in cfg.get("every_item", [])],
         "num_fewshot": cfg.num_fewshot,
         "apply_chat_template": cfg.apply_chat_template,
         "before": b,
@@ -53,7 +54,9 @@ def markdown(result: dict[str, Any], title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"tasks: {', '.join(result['tasks'])}; limit: {result['limit']}; few-shot: {result['num_fewshot']}; "
+        f"tasks: {', '.join(result['tasks'])}; limit: {result['limit']}"
+        + (f" (every item: {', '.join(result['every_item'])})" if result.get("every_item") else "")
+        + f"; few-shot: {result['num_fewshot']}; "
         f"chat template: {result['apply_chat_template']}",
         "",
         "| task | metric | before | after | delta | 95% interval of the delta | real? |",
