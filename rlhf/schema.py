@@ -82,6 +82,20 @@ class SamplingFields:
 
 
 @dataclass
+class GroupPolicyFields:
+    """A policy trained on groups of sampled completions per prompt (grpo, rloo: TRL's trainers), with the
+    clipped ratio both share."""
+
+    beta: float = MISSING  # KL coefficient to the reference (the base with the adapter disabled)
+    num_generations: int = MISSING  # completions per prompt: the group its advantages compare
+    prompts_per_step: int = MISSING
+    num_iterations: int = MISSING  # policy updates per generation (the mu of the GRPO paper)
+    epsilon: float = MISSING  # the ratio's lower clip
+    epsilon_high: float | None = MISSING  # its upper clip (DAPO: 0.28); null: epsilon
+    mask_truncated_completions: bool = MISSING  # completions cut at max_new_tokens get no loss (DAPO)
+
+
+@dataclass
 class HardwareConfig:
     name: str = MISSING
     device: str = MISSING  # cpu | cuda | auto

@@ -314,7 +314,8 @@ def field_choices(config_class: type, name: str) -> list[str]:
 
 
 def check_group(m: Any, p: Problems) -> None:
-    """num_generations and prompts_per_step: the group the advantages compare (GRPO, RLOO)."""
+    """GroupPolicyFields' keys (GRPO, RLOO): the group the advantages compare, the updates and the clip."""
+    p.check(m.beta >= 0, "method.beta", m.beta, "must be >= 0", "use e.g. beta=0.04")
     p.check(
         m.num_generations >= 2,
         "method.num_generations",
@@ -323,3 +324,82 @@ def check_group(m: Any, p: Problems) -> None:
         "use e.g. 4 or 8",
     )
     p.positive("method.prompts_per_step", m.prompts_per_step, "4")
+    p.positive("method.num_iterations", m.num_iterations, "1")
+    p.positive("method.epsilon", m.epsilon, "0.2")
+    p.check(
+        m.epsilon_high is None or m.epsilon_high >= m.epsilon,
+        "method.epsilon_high",
+        m.epsilon_high,
+        f"must be >= method.epsilon={m.epsilon}",
+        "use null (= epsilon) or e.g. 0.28",
+    )
+
+
+# monitor signal -> the key TRL's GRPOTrainer and RLOOTrainer log (kl only with method.beta > 0)
+GROUP_POLICY_SIGNALS = {
+    "grad_norm": "grad_norm",
+    "kl": "kl",
+    "entropy": "entropy",
+    "response_length": "completions/mean_length",
+    "truncated_share": "completions/clipped_ratio",
+    "reward_mean": "reward",
+    "reward_std": "reward_std",
+    "reward/*": "rewards/{}/mean",
+    "zero_std_share": "frac_reward_zero_std",
+    "clip_fraction": "clip_ratio/region_mean",
+}
+
+
+def group_policy_args(inputs: Any) -> dict[str, Any]:
+    """The TRL config fields GRPOConfig and RLOOConfig share: the trainer's (with the algorithm's batch:
+    prompts_per_step x num_generations completions, no accumulation), sampling, the group, the clip and
+    the reward weights. A generation's completions serve num_iterations steps: checkpoints fall between
+    generations."""
+    m = inputs.config
+    if inputs.checkpoints is not None:
+        inputs.checkpoints.boundary = m.num_iterations
+    return {
+        **trainer_args(inputs, (m.prompts_per_step * m.num_generations, 1), max_length=None),
+        "beta": m.beta,
+        "num_generations": m.num_generations,
+        "num_iterations": m.num_iterations,
+        "epsilon": m.epsilon,
+        "epsilon_high": m.epsilon_high,
+        "mask_truncated_completions": m.mask_truncated_completions,
+        "max_completion_length": m.max_new_tokens,
+        "temperature": m.temperature,
+        "top_k": m.top_k,
+        "top_p": m.top_p,
+        "reward_weights": [r.weight for r in inputs.rewards],
+    }
+
+
+def group_policy_trainer(trainer_class: Any, args: Any, inputs: Any):
+    """A TRL GRPO-style trainer on the run's prompts and reward components, with a LoRA adapter (the
+    reference is the adapter disabled: no second model)."""
+    from datasets import Dataset
+
+    return trainer_class(
+        model=inputs.model,
+        reward_funcs=[r.func for r in inputs.rewards],
+        args=args,
+        train_dataset=Dataset.from_list(inputs.rows),
+        processing_class=inputs.tokenizer,
+        peft_config=lora_config(inputs.config),
+        callbacks=callbacks(inputs),
+    )
+
+
+def group_policy_result(trainer: Any, output: Any, inputs: Any):
+    """GRPO's and RLOO's results: the last logged reward (the weighted sum, without a KL term) and the
+    reward on the held-out prompts."""
+    from rlhf.methods import Result
+
+    return Result(
+        model=trainer.model,
+        metrics=dict(output.metrics),
+        extra={
+            "final_reward_mean": last_logged(trainer, "reward"),
+            "heldout_reward_mean": heldout_reward(inputs, trainer.model),
+        },
+    )

@@ -3,7 +3,8 @@
 Each step samples `num_generations` completions for each of `prompts_per_step` prompts and scores them with
 the reward components (summed with their weights). A completion's baseline is the mean reward of the other
 completions of its prompt, so no value model is needed. `beta` > 0 subtracts a KL penalty to the reference
-(the base with the adapter disabled) from the reward. TRL 1.16's RLOO has one loss (no loss_type). The batch
+(the base with the adapter disabled) from the reward. TRL 1.16's RLOO has one loss (no loss_type);
+its num_iterations, epsilon / epsilon_high clip and mask_truncated_completions are GRPO's. The batch
 is the algorithm's, as in GRPO: prompts_per_step x num_generations completions, no accumulation.
 """
 
@@ -16,49 +17,35 @@ from omegaconf import MISSING
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import (
-    callbacks,
+    GROUP_POLICY_SIGNALS,
     check_group,
     check_lora,
     check_sampling,
     fit,
-    heldout_reward,
-    last_logged,
+    group_policy_args,
+    group_policy_result,
+    group_policy_trainer,
     library_checks,
-    lora_config,
-    trainer_args,
 )
-from rlhf.schema import LoraTrainingConfig, SamplingFields
+from rlhf.schema import GroupPolicyFields, LoraTrainingConfig, SamplingFields
 
 NAME = "rloo"
 DATA_FORMATS = ("prompts",)
 HEAD = "causal-lm"
 USES_REWARD = True
 RESULTS = ("final_reward_mean", "heldout_reward_mean")
-SIGNALS = {  # monitor signal -> the key TRL's RLOOTrainer logs (kl only with method.beta > 0)
-    "grad_norm": "grad_norm",
-    "kl": "kl",
-    "entropy": "entropy",
-    "response_length": "completions/mean_length",
-    "truncated_share": "completions/clipped_ratio",
-    "reward_mean": "reward",
-    "reward_std": "reward_std",
-    "reward/*": "rewards/{}/mean",
-    "zero_std_share": "frac_reward_zero_std",
-    "clip_fraction": "clip_ratio/region_mean",
-}
+SIGNALS = GROUP_POLICY_SIGNALS
 
 
 @dataclass
-class Config(LoraTrainingConfig, SamplingFields):
-    beta: float = MISSING  # KL penalty coefficient, applied to the reward; 0 computes no reference at all
-    num_generations: int = MISSING  # completions per prompt: each one's baseline is the others' mean
-    prompts_per_step: int = MISSING
+class Config(LoraTrainingConfig, SamplingFields, GroupPolicyFields):
+    # beta > 0: a KL penalty to the reference subtracted from the reward; 0 computes no reference at all
+    normalize_advantages: bool = MISSING  # advantages scaled to unit std over the generation batch
 
 
 def validate(m: Config, p: Problems) -> None:
     check_lora(m, p)
     check_sampling(m, p)
-    p.check(m.beta >= 0, "method.beta", m.beta, "must be >= 0", "use e.g. beta=0.05")
     check_group(m, p)
 
 
@@ -67,36 +54,10 @@ def adapter_kind(m: Config) -> str | None:
 
 
 def train(inputs: Inputs) -> Result:
-    from datasets import Dataset
     from trl import RLOOConfig, RLOOTrainer
 
     m = inputs.config
     with library_checks("TRL's RLOOTrainer", inputs):
-        args = RLOOConfig(
-            **trainer_args(inputs, (m.prompts_per_step * m.num_generations, 1), max_length=None),
-            beta=m.beta,
-            num_generations=m.num_generations,
-            max_completion_length=m.max_new_tokens,
-            temperature=m.temperature,
-            top_k=m.top_k,
-            top_p=m.top_p,
-            reward_weights=[r.weight for r in inputs.rewards],
-        )
-        trainer = RLOOTrainer(
-            model=inputs.model,
-            reward_funcs=[r.func for r in inputs.rewards],
-            args=args,
-            train_dataset=Dataset.from_list(inputs.rows),
-            processing_class=inputs.tokenizer,
-            peft_config=lora_config(m),  # the reference is this adapter disabled: no second model
-            callbacks=callbacks(inputs),
-        )
-    output = fit(trainer, inputs)
-    return Result(
-        model=trainer.model,
-        metrics=dict(output.metrics),
-        extra={
-            "final_reward_mean": last_logged(trainer, "reward"),
-            "heldout_reward_mean": heldout_reward(inputs, trainer.model),
-        },  # weighted sum, without the KL term
-    )
+        args = RLOOConfig(**group_policy_args(inputs), normalize_advantages=m.normalize_advantages)
+        trainer = group_policy_trainer(RLOOTrainer, args, inputs)
+    return group_policy_result(trainer, fit(trainer, inputs), inputs)

@@ -56,6 +56,41 @@ def test_rloo_refuses_a_group_of_one(make_cfg):
     with pytest.raises(ConfigError) as e:
         validate(make_cfg("method=rloo", "method.num_generations=1", "method.beta=-1"))
     assert e.value.problems == [
-        "method.beta=-1.0: must be >= 0; fix: use e.g. beta=0.05",
+        "method.beta=-1.0: must be >= 0; fix: use e.g. beta=0.04",
         "method.num_generations=1: must be >= 2 (advantages compare a group); fix: use e.g. 4 or 8",
     ]
+
+
+def test_rloo_takes_trls_update_and_clip_options(make_cfg, tiny, tmp_path):
+    """num_iterations=2: one generation serves two updates (the reward is called once for two steps), and a
+    checkpoint may only fall between generations; DAPO's clip-higher, masking and normalised advantages
+    reach TRL's trainer and train."""
+    from rlhf import checkpoint
+
+    cfg = make_cfg(
+        "model=tiny", "hardware=cpu", "method=rloo", "method.max_steps=2", "method.num_generations=4",
+        "method.num_iterations=2", "method.epsilon_high=0.28", "method.mask_truncated_completions=true",
+        "method.normalize_advantages=true",
+    )  # fmt: skip
+    model, tokenizer = tiny()
+    calls = []
+
+    def length(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        return [float(i) for i in range(len(completions))]  # a spread in every group: advantages != 0
+
+    plan = checkpoint.Plan(run_dir=tmp_path, every=1, keep=1, at_end=False)
+    rows = data.load(cfg.data, rloo.DATA_FORMATS, "rloo").rows
+    inputs = make_inputs(
+        cfg,
+        model,
+        tokenizer,
+        rows,
+        tmp_path,
+        rewards=[rewards.Reward("spread", length, 1.0)],
+        checkpoints=plan,
+    )
+    rloo.train(inputs)
+    assert calls == [4]
+    assert plan.boundary == 2 and plan.saves.steps == [2]  # every=1, but step 1 is mid-generation
+    assert [r["step"] for r in inputs.metrics.rows if "loss" in r] == [1, 2]  # two updates, one generation
