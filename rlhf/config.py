@@ -83,19 +83,23 @@ def register() -> None:
         ("preferences", schema.PreferencesConfig),
     ]:
         cs.store(group="schema/synth", name=name, node=node)
+    # python -m rlhf.pipeline (conf/pipelines.yaml): its root and a pipeline's stages
+    cs.store(name="pipeline_root_schema", node=schema.PipelineRootConfig)
+    cs.store(group="schema/pipeline", name="base", node=schema.PipelineConfig)
 
 
-def compose(overrides: list[str], **kwargs: Any) -> DictConfig:
-    """The root config with these overrides, as `python -m rlhf` composes it, outside a Hydra app."""
+def compose(overrides: list[str], config_name: str = "config", **kwargs: Any) -> DictConfig:
+    """A root config (conf/<config_name>.yaml: `python -m rlhf`'s by default) with these overrides, as its
+    command composes it, outside a Hydra app."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register()
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app, or a caller's own initialize
-        return hydra_compose(config_name="config", overrides=overrides, **kwargs)
+        return hydra_compose(config_name=config_name, overrides=overrides, **kwargs)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides, **kwargs)
+        return hydra_compose(config_name=config_name, overrides=overrides, **kwargs)
 
 
 def resolve_hardware(node: DictConfig, overrides: list[str] | None = None):

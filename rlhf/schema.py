@@ -249,6 +249,31 @@ class PlanConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a pipeline: a training run (`python -m rlhf`) or a synth run (`python -m rlhf.synth`)."""
+
+    name: str = MISSING  # its directory under the pipeline's, and how later stages refer to it: ${stage:NAME}
+    run: str = MISSING  # train | synth
+    overrides: list[str] = field(default_factory=list)  # that command's overrides
+
+
+@dataclass
+class PipelineConfig:
+    name: str = MISSING
+    stages: list[StageConfig] = MISSING
+    compare: list[str] = field(default_factory=list)  # stages in the closing report ([]: every train stage)
+
+
+@dataclass
+class PipelineRootConfig:
+    """`python -m rlhf.pipeline`'s root (conf/pipelines.yaml)."""
+
+    dir: str = MISSING  # the pipeline's directory: a stage's run directory is dir/<stage name>
+    common: list[str] = field(default_factory=list)  # overrides added to every stage (e.g. model=tiny)
+    pipeline: Any = MISSING
+
+
+@dataclass
 class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING

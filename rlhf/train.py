@@ -139,10 +139,10 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     scores = (
         evaluate.after_training(cfg.eval, base, result.model, tokenizer, hw, run_dir, title) if base else None
     )
-    if cfg.export.merge:
-        models.save_merged(result.model, tokenizer, run_dir / "merged")
     plots.plot_curves(run_dir, metrics.rows, title)
     record = summary.build(cfg, hw, result, metrics.rows, len(dataset.rows), started, scores)
+    if cfg.export.merge:  # last use of the adapter model: merging folds it into the weights in place
+        models.save_merged(result.model, tokenizer, run_dir / "merged")
     record.update(
         data_truncated=dataset.truncated,
         data_dropped=dataset.dropped,
