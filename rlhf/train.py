@@ -112,6 +112,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             checkpoints=plan,
             packing=cfg.data.packing,
         )
+        from rlhf.runtime import release_memory
+
+        release_memory()  # what loading and the base eval freed, before training's own peak
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from.name}")
         plan.stop.install()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
@@ -129,6 +132,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         return None
 
     from rlhf import generation, plots, summary
+
+    release_memory()  # training's activations and optimizer scratch, before the eval stage
 
     models.save(result.model, tokenizer, run_dir / "model")
     save_heads(result.heads, run_dir / "model")

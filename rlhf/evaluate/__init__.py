@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf import cache, generation, hub
 from rlhf.errors import UserError
 from rlhf.evaluate.tables import record, write
+from rlhf.runtime import release_memory
 
 TASKS = Path(__file__).resolve().parent.parent / "tasks"  # eval=quick's tasks: lm-eval YAMLs, data, checkers
 
@@ -109,9 +110,13 @@ def score(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[s
     limited = [t for t in cfg.tasks if t not in every]
     raw: dict[str, Any] = {}
     with generation.lora_merged(model):
-        for tasks, limit in ((limited, cfg.limit), (every, None)):
+        for tasks, limit, batch in (
+            (limited, cfg.limit, cfg.batch_size),
+            (every, None, cfg.get("every_item_batch_size", cfg.batch_size)),
+        ):
             if not tasks:
                 continue
+            lm.batch_size_per_gpu = batch  # HFLM's own attribute: its batch for every request type
             results = simple_evaluate(
                 model=lm,
                 tasks=tasks,
@@ -124,6 +129,7 @@ def score(cfg: DictConfig, model, tokenizer, precision: str) -> dict[str, dict[s
             )
             raw.update(results["results"])
     model.train(was_training)
+    release_memory()  # the batches' logits, freed: returned to the OS before the next stage
     return {"scores": flatten_results(raw), "stderr": flatten_results(raw, stderr=True)}
 
 
