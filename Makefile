@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m rlhf.models
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -63,6 +63,9 @@ bench-resume: $(STAMP) ## runs killed with SIGKILL at random and resumed vs one 
 
 bench-packing: $(STAMP) ## SFT tokens/s with and without data.packing=true on the embedded model
 	$(PY) bench/packing.py
+
+bench-plan: $(STAMP) ## the memory plan's estimate vs published peak memory (GPU) and measured peak RSS (this CPU)
+	$(PY) bench/plan_estimate.py
 
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

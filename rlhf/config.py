@@ -26,6 +26,7 @@ GROUPS = {
     "eval": "the lm-eval tasks scored before and after training",
     "logger": "where metrics go besides metrics.jsonl",
     "monitor": "health rules on the training signals (KL, entropy, length, ...) that warn, save or stop",
+    "distributed": "how many processes a run trains on and how they share the model (ddp, fsdp, deepspeed)",
     "experiment": "presets from experiments/ that set several groups at once",
     "hparams_search": "a sweeper's search space (with -m)",
 }
@@ -60,6 +61,7 @@ def register() -> None:
     """Every schema into Hydra's ConfigStore (the methods' own from the registry) and our resolvers."""
     OmegaConf.register_new_resolver("rlhf.if_path", if_path, replace=True)
     OmegaConf.register_new_resolver("rlhf.groups_help", groups_help, replace=True)
+    OmegaConf.register_new_resolver("rlhf.options", lambda group: ", ".join(options(group)), replace=True)
     cs = ConfigStore.instance()
     cs.store(name="root_schema", node=schema.RootConfig)
     for group, node in [
@@ -70,6 +72,7 @@ def register() -> None:
         ("eval", schema.EvalConfig),
         ("logger", schema.LoggerConfig),
         ("monitor", schema.MonitorConfig),
+        ("distributed", schema.DistributedConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=node)
     cs.store(group="schema/logger", name="wandb", node=schema.WandbLoggerConfig)

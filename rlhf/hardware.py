@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,9 +27,7 @@ def resolve(node: DictConfig) -> HardwareConfig:
     """
     import torch
 
-    if isinstance(node, DictConfig):  # a composed node, or one read back from a run's .hydra/config.yaml
-        node = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
-    profile = node
+    profile = typed(node)
     if profile.device == "cuda" and not torch.cuda.is_available():
         raise UserError(
             f"hardware={profile.name}: this profile needs a CUDA GPU and none is visible; "
@@ -36,19 +36,73 @@ def resolve(node: DictConfig) -> HardwareConfig:
     return dataclasses.replace(profile, precision=concrete_precision(profile))
 
 
+def typed(node: DictConfig | HardwareConfig) -> HardwareConfig:
+    """A profile node as the typed object, as composed (precision may still be auto; no device is checked)."""
+    if isinstance(node, DictConfig):  # a composed node, or one read back from a run's .hydra/config.yaml
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(HardwareConfig), node))
+    return node
+
+
 def detect() -> str:
     """The profile that matches this machine's first GPU, or cpu."""
     import torch
 
-    if not torch.cuda.is_available():
+    seen = gpu()
+    if seen is None:
         return "cpu"
+    return pick(seen["name"], seen["memory_gb"], bf16=torch.cuda.is_bf16_supported())
+
+
+def gpu() -> dict[str, Any] | None:
+    """{"name", "memory_gb"} of this machine's first GPU (memory in GiB, as torch reports it), or None."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
     props = torch.cuda.get_device_properties(0)
-    name, memory_gb = props.name.lower(), props.total_memory / 2**30
-    if "t4" in name or not torch.cuda.is_bf16_supported():
+    return {"name": props.name, "memory_gb": round(props.total_memory / 2**30, 1)}
+
+
+# conf/hardware (rlhf.config.CONF / "hardware"; config imports this module, so the path is spelled here)
+PROFILES = Path(__file__).resolve().parent.parent / "conf" / "hardware"
+# a GPU's name (as torch reports it, lower case) -> its own profile; word boundaries keep L40S off l4 and A100 off a10g
+NAMED = {
+    r"\bt4\b": "t4",
+    r"\bl4\b": "l4",
+    r"\ba10g\b": "a10g",
+    r"\bh100\b": "h100",
+    r"\brtx 4090\b": "rtx4090",
+    r"\brtx 4060\b": "rtx4060-8gb",
+    r"\ba100\b": "a100",
+}
+
+
+def pick(name: str, memory_gb: float, bf16: bool = True) -> str:
+    """The profile hardware=auto gives a GPU: the one named after it, else for a GPU without bf16 the fp16
+    profile t4, else the bf16 profile with the most memory_gb that the GPU has (the smallest if it has less)."""
+    for pattern, profile in NAMED.items():
+        if re.search(pattern, name.lower()):
+            return profile
+    if not bf16:
         return "t4"
-    if memory_gb <= 12:
-        return "rtx4060-8gb"
-    return "a100"
+    sizes = gpu_profiles(bf16=True)
+    fitting = [p for p, gb in sizes.items() if gb <= memory_gb]
+    if not fitting:
+        return min(sizes, key=sizes.get)
+    return max(fitting, key=lambda p: (sizes[p], p))
+
+
+def gpu_profiles(bf16: bool | None = None) -> dict[str, float]:
+    """Each CUDA profile's memory_gb, read from its YAML (conf/hardware/<name>.yaml); bf16=True: only those
+    that compute in bf16 (t4's fp16 is for GPUs without it)."""
+    sizes = {}
+    for path in sorted(PROFILES.glob("*.yaml")):
+        node = OmegaConf.load(path)
+        if node.get("device") != "cuda" or node.get("memory_gb") is None:
+            continue
+        if bf16 is None or (node.get("precision") == "bf16") == bf16:
+            sizes[path.stem] = float(node.memory_gb)
+    return sizes
 
 
 def concrete_precision(hw: Any) -> str:

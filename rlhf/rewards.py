@@ -52,7 +52,7 @@ def _component(name: str, cfg: DictConfig) -> RewardFunc:
     if name == "keyword":
         return keyword_reward(list(cfg.words))
     if name == "model":
-        return model_reward(cfg.model_path)
+        return model_reward(cfg.model_path, cfg.template)
     raise UserError(f"reward.components={name}: unknown reward; fix: use keyword or model")
 
 
@@ -77,8 +77,9 @@ def keyword_reward(words: list[str]) -> RewardFunc:
     return keyword
 
 
-def model_reward(path: str) -> RewardFunc:
-    """Scores prompt + completion with a sequence-classification model in its chat format.
+def model_reward(path: str, template: str | None = None) -> RewardFunc:
+    """Scores prompt + completion with a sequence-classification model in its chat format, or through
+    `template` (reward.template) where its tokenizer has no chat template.
 
     `path` is a run's model/ directory from `method=rm` (a LoRA adapter or full weights), any local
     sequence-classification model directory, or a hub id.
@@ -91,7 +92,7 @@ def model_reward(path: str) -> RewardFunc:
     model, tokenizer = load_reward_model(path)
 
     def model_score(prompts: list, completions: list, **kwargs: Any) -> list[float]:
-        return score(model, tokenizer, prompts, completions).tolist()
+        return score(model, tokenizer, prompts, completions, template).tolist()
 
     return model_score
 
@@ -126,11 +127,12 @@ def load_reward_model(path: str):
     return model.eval(), tokenizer
 
 
-def score(model, tokenizer, prompts: list, completions: list):
-    """One score per prompt + completion from a sequence-classification model, in its chat format."""
+def score(model, tokenizer, prompts: list, completions: list, template: str | None = None):
+    """One score per prompt + completion from a sequence-classification model, in its chat format (a
+    tokenizer without a chat template: through `template`, e.g. "{prompt}\n\n{answer}")."""
     import torch
 
-    texts = [_chat_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    texts = [_chat_text(tokenizer, p, c, template) for p, c in zip(prompts, completions, strict=True)]
     batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=1024).to(
         model.device
     )
@@ -138,7 +140,10 @@ def score(model, tokenizer, prompts: list, completions: list):
         return model(**batch).logits[:, 0].float()
 
 
-def _chat_text(tokenizer, prompt: Any, completion: Any) -> str:
+def _chat_text(tokenizer, prompt: Any, completion: Any, template: str | None = None) -> str:
+    if template is not None and not getattr(tokenizer, "chat_template", None):
+        # a classifier trained on plain text (e.g. a DeBERTa reward model): the turns' text, in the template
+        return template.format(prompt=text_of(prompt), answer=text_of(completion))
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(completion, str):

@@ -178,6 +178,9 @@ class EvalConfig:
     # tasks scored on every item whatever `limit` (log-likelihood tasks: a forward pass per choice, cheap,
     # and their deltas need the items to be told from noise)
     every_item: list[str] = field(default_factory=list)
+    # their batch: log-likelihood requests hold batch x length x vocabulary logits (64 x 100 x 49k floats
+    # for SmolLM2: 1.3 GB, twice over with the log-softmax), so they run in small batches
+    every_item_batch_size: int = 8
     batch_size: int = MISSING
     num_fewshot: int | None = MISSING  # null = each task's own setting
     apply_chat_template: bool = MISSING  # prompts in the model's chat format, as training formats them
@@ -274,6 +277,29 @@ class PipelineRootConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How many processes one run trains on and how they share the model (conf/distributed/, rlhf.distributed).
+
+    Mixed precision is the hardware profile's; each preset only says how processes share the work.
+    """
+
+    name: str = MISSING  # none | ddp | fsdp | deepspeed-zero2 | deepspeed-zero3 | deepspeed-zero3-offload
+    engine: str = MISSING  # none | ddp | fsdp | deepspeed
+    # processes over all machines; null: one per GPU visible on each machine (a CPU run gives its count)
+    num_processes: int | None = None
+    num_machines: int = 1
+    machine_rank: int = 0  # this machine's index; 0 is the one at main_process_ip
+    main_process_ip: str | None = None  # rank 0's address, needed with num_machines > 1
+    main_process_port: int | None = None  # null: a free port on one machine, 29500 across machines
+    # deepspeed: the ZeRO stage, and where ZeRO-3 keeps optimizer states and parameters between uses
+    zero_stage: int = 0
+    offload: str = "none"  # none | cpu
+    # fsdp (FSDP2): free each layer's gathered weights after its forward pass (false: keep them, ZeRO-2-like)
+    reshard_after_forward: bool = True
+    offload_params: bool = False  # fsdp: parameters and gradients in CPU RAM between uses
+
+
+@dataclass
 class RootConfig:
     seed: int = MISSING
     cache_dir: str = MISSING
@@ -294,6 +320,7 @@ class RootConfig:
     eval: Any = MISSING
     logger: Any = MISSING
     monitor: Any = MISSING
+    distributed: Any = MISSING
 
 
 @dataclass

@@ -49,6 +49,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         dataset, heldout = data.load_heldout(
             cfg.data, dataset, method.DATA_FORMATS, cfg.method.name, cfg.seed, **fit
         )
+        from rlhf.plan import check as check_memory
+
+        check_memory(cfg, hw, max(dataset.lengths, default=None))  # refuse what cannot fit before weights load
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
         if evaluates:
@@ -131,7 +134,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     if not is_main_process():
         return None
 
-    from rlhf import generation, plots, summary
+    from rlhf import generation, hardware, plots, summary
 
     release_memory()  # training's activations and optimizer scratch, before the eval stage
 
@@ -154,6 +157,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         resumed_from_step=step or None,
         checkpoints_written=plan.saves.count,
         checkpoint_seconds=round(plan.saves.seconds, 2),
+        gpu=hardware.gpu(),  # the GPU this run saw (None on a CPU)
         alarms=watch.summary(),
         stopped_early=watch.stopped_early(),
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from rlhf import data, methods, monitor
+from rlhf import data, distributed, methods, monitor
 from rlhf.errors import Problems
 from rlhf.hub import looks_local
 from rlhf.methods._common import check_training
@@ -217,6 +217,7 @@ def check_method_and_profile(cfg: DictConfig, h, p: Problems) -> None:
     )
     if hasattr(method, "check_hardware"):
         method.check_hardware(t, h, p)
+    distributed.check(cfg, h, p)  # the method under the engine in effect (the preset's, or the launch's)
 
 
 def check_resolved_profile(cfg: DictConfig, hw) -> None:

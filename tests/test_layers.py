@@ -32,6 +32,12 @@ LAYERS = {
         "rlhf.metrics",
         "rlhf.tracking",
         "rlhf.sweep",
+        "rlhf.distributed",
+        "rlhf.pipeline",
+        "rlhf.synth",
+        "rlhf.synth.*",
+        "rlhf.plan",
+        "rlhf.plan.*",
     ],
     "building": [
         "rlhf.methods",

@@ -17,7 +17,7 @@ SUMMARY_KEYS = [
     "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
     "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval_loss", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
     "wall_time_s", "data_truncated", "data_dropped", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
-    "alarms", "stopped_early",
+    "gpu", "alarms", "stopped_early",
 ]  # fmt: skip
 
 

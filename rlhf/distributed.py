@@ -1,0 +1,420 @@
+"""`distributed=<preset>`: one run on several processes, through accelerate (conf/distributed/).
+
+What it owns:
+- the presets as accelerate's config file (and, for DeepSpeed, the DeepSpeed JSON it points to), written into
+  the run directory as accelerate.yaml (and deepspeed.json), mixed precision taken from the hardware profile;
+- the relaunch: `python -m rlhf distributed=ddp ...` runs `accelerate launch --config_file <run>/accelerate.yaml
+  -m rlhf <the same overrides> hydra.run.dir=<run>` and waits for it, so the user writes neither file;
+- the checks, before any process starts: which methods run under which engine, and what a preset needs of the
+  machine (GPUs, a process count, an address for several machines).
+
+A process is inside a launch when its launcher (torchrun, and accelerate and DeepSpeed through it) set
+LOCAL_RANK or WORLD_SIZE: it trains as one rank, and its `distributed` node is only informational (the
+launcher's own config decides; the method x engine rules read the engine from the launcher's environment).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from rlhf import config
+from rlhf.errors import RUN_START_FILES, Problems
+
+ACCELERATE_FILE = "accelerate.yaml"
+DEEPSPEED_FILE = "deepspeed.json"
+ENGINES = ("none", "ddp", "fsdp", "deepspeed")
+# the profile's precision -> accelerate's mixed_precision
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+# methods that train in a loop of our own on accelerate rather than on a TRL trainer
+OWN_LOOP = {"ppo": "rlhf/methods/ppo/loop.py"}
+
+
+def inside_launch() -> bool:
+    """True in a process that a launcher started as one rank of several (or of one, under torchrun)."""
+    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def is_launch_file(name: str) -> bool:
+    """The files `launch` writes into a run directory before any process starts (a new run may have them)."""
+    return (name.startswith("accelerate") and name.endswith(".yaml")) or name == DEEPSPEED_FILE
+
+
+# --------------------------------------------------------------------------- which config, which run dir
+
+
+def composed_for_launch(argv: list[str]) -> DictConfig | None:
+    """The run's config (with its hydra node) when `argv` asks for a distributed preset and this process is
+    not inside a launch; None otherwise (the Hydra app runs as usual).
+
+    Only plain overrides are read here: with Hydra flags (-m, --cfg, --help, ...) the app runs and a sweep's
+    jobs relaunch themselves (`launch`, from the task function). A config that does not compose is left to the
+    app too, which reports it as it always does.
+    """
+    if inside_launch() or any(a.startswith("-") for a in argv):
+        return None
+    if not any(a.lstrip("+~").startswith(("distributed", "experiment")) for a in argv):
+        return None  # the default is none, and only an experiment preset could choose another
+    try:
+        cfg = config.compose(argv, return_hydra_config=True)
+    except Exception:
+        return None
+    return cfg if cfg.distributed.engine != "none" else None
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """hydra.run.dir as Hydra would make it (the user's, or the timestamped default), resolved once: every
+    process of the launch is then given the same directory."""
+    return Path(str(cfg.hydra.run.dir)).expanduser()
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def in_effect(cfg: DictConfig) -> tuple[str, str, int]:
+    """(preset name, engine, ZeRO stage) this process trains under.
+
+    Inside a launch, the launcher's own settings (accelerate gives its children ACCELERATE_USE_FSDP /
+    ACCELERATE_USE_DEEPSPEED); outside, the composed preset.
+    """
+    if inside_launch():
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+            return "fsdp", "fsdp", 0
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            stage = launch_zero_stage()
+            return f"deepspeed-zero{stage}", "deepspeed", stage
+        return "ddp", "ddp", 0
+    node = cfg.get("distributed")  # a run's saved config from before this group existed has none
+    if node is None:
+        return "none", "none", 0
+    return node.name, node.engine, node.zero_stage
+
+
+def launch_zero_stage() -> int:
+    """The ZeRO stage of the DeepSpeed launch this process is in: accelerate's variable, else its JSON."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if path and Path(path).is_file():
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+        if isinstance(stage, int):
+            return stage
+    return 2  # accelerate's own default
+
+
+def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
+    """The method x engine rules, added to `p` (rlhf.validate.check_method_and_profile calls this on the
+    composed profile, and the run again on the one hardware=auto picked)."""
+    name, engine, stage = in_effect(cfg)
+    if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
+        return
+    method = cfg.method.name
+    sharded = "FSDP" if engine == "fsdp" else "ZeRO-3" if stage == 3 else None
+    if sharded:
+        # rlhf.train saves model/, writes the after-samples and runs lm-eval on rank 0 alone once the method
+        # returns; a sharded model cannot run or be saved by one rank (its next forward waits for the others)
+        p.check(
+            False,
+            "distributed",
+            name,
+            f"method={method}: after training rank 0 alone saves, samples and evaluates the model, and under "
+            f"{sharded} its weights stay sharded across the processes (the run gathers none yet)",
+            "use distributed=ddp, or distributed=deepspeed-zero2 (weights replicated in every process)",
+        )
+        return
+    p.check(
+        method not in OWN_LOOP,
+        "distributed",
+        name,
+        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which prepares no "
+        "dataloader for DeepSpeed's batch sizes and generates outside the engine",
+        "use distributed=ddp",
+    )
+    p.check(
+        not hw.load_in_4bit,
+        "hardware.load_in_4bit",
+        hw.load_in_4bit,
+        f"under distributed={name} 4-bit weights need bnb_4bit_quant_storage set to the compute dtype (peft's "
+        "DeepSpeed and FSDP QLoRA recipe), which the profile's quantization does not set",
+        "use distributed=ddp (QLoRA in every process), or hardware.load_in_4bit=false",
+    )
+
+
+def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:
+    """What the preset needs of this machine and of the command line, before any process starts."""
+    p.one_of("distributed.engine", d.engine, ENGINES)
+    if d.engine in ("fsdp", "deepspeed") and hw.device == "cpu":
+        # accelerate 1.15 turns FSDP on only for GPU-like device types and DeepSpeed only without cpu=True: on
+        # a CPU the processes would train plain data parallel under the preset's name. Nothing else about
+        # the machine matters then.
+        p.check(
+            False,
+            "distributed",
+            d.name,
+            f"{'FSDP' if d.engine == 'fsdp' else 'DeepSpeed'} needs CUDA GPUs and this run trains on the CPU "
+            f"(hardware={hw.name}); accelerate would run it as plain data parallel",
+            "use distributed=ddp distributed.num_processes=2 on a CPU, or run on GPUs",
+        )
+        return
+    if d.engine == "deepspeed":
+        p.check(
+            importlib.util.find_spec("deepspeed") is not None,
+            "distributed",
+            d.name,
+            "DeepSpeed is not installed",
+            'pip install -e ".[deepspeed]" (deepspeed==0.19.8)',
+        )
+        p.check(
+            d.zero_stage in (2, 3), "distributed.zero_stage", d.zero_stage, "must be 2 or 3", "use 2 or 3"
+        )
+        p.one_of("distributed.offload", d.offload, ("none", "cpu"))
+    if d.num_processes is None:
+        p.check(
+            hw.device != "cpu",
+            "distributed.num_processes",
+            "null",
+            "null means one process per visible GPU, and this run trains on the CPU",
+            "give the count, e.g. distributed.num_processes=2 (CPU processes talk over gloo)",
+        )
+        p.check(
+            hw.device == "cpu" or gpus > 0,
+            "distributed.num_processes",
+            "null",
+            "null means one process per visible GPU, and none is visible",
+            "give the count, e.g. distributed.num_processes=2",
+        )
+    else:
+        p.positive("distributed.num_processes", d.num_processes, "2")
+        p.check(
+            d.num_processes % d.num_machines == 0,
+            "distributed.num_processes",
+            d.num_processes,
+            f"must be a multiple of distributed.num_machines={d.num_machines} (the same count on each)",
+            f"use e.g. distributed.num_processes={2 * d.num_machines}",
+        )
+        per_machine = d.num_processes // max(d.num_machines, 1)
+        p.check(
+            hw.device == "cpu" or per_machine <= gpus,
+            "distributed.num_processes",
+            d.num_processes,
+            f"{per_machine} processes on this machine need as many GPUs, and {gpus} are visible",
+            f"use distributed.num_processes={gpus * d.num_machines} or null (one per visible GPU)",
+        )
+    p.positive("distributed.num_machines", d.num_machines, "2")
+    p.check(
+        0 <= d.machine_rank < max(d.num_machines, 1),
+        "distributed.machine_rank",
+        d.machine_rank,
+        f"must be in [0, {d.num_machines})",
+        "use 0 on the machine at main_process_ip and 1, 2, ... on the others",
+    )
+    if d.num_machines > 1:
+        p.check(
+            bool(d.main_process_ip),
+            "distributed.main_process_ip",
+            d.main_process_ip or "null",
+            "several machines meet at rank 0's address",
+            "give it, e.g. distributed.main_process_ip=$(scontrol show hostnames | head -1) under Slurm",
+        )
+        p.check(
+            given_run_dir,
+            "hydra.run.dir",
+            "null",
+            "each machine would make its own timestamped directory",
+            "pass the same hydra.run.dir=<shared path> on every machine",
+        )
+
+
+# --------------------------------------------------------------------------- the files
+
+
+def processes(d: DictConfig, gpus: int) -> int:
+    """The launch's process count over all machines: the preset's, or one per visible GPU on each machine."""
+    return d.num_processes if d.num_processes is not None else gpus * d.num_machines
+
+
+def accelerate_config(d: DictConfig, hw: Any, num_processes: int, run_dir: Path) -> dict[str, Any]:
+    """accelerate's config file (what `accelerate config` writes) for the preset."""
+    port = d.main_process_port
+    if port is None:  # 0: accelerate picks a free port, so two runs on one machine do not collide
+        port = 0 if d.num_machines == 1 else 29500
+    out: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        # MULTI_GPU is the type whose launcher (torchrun) starts the processes; on a CPU accelerate then runs
+        # them as MULTI_CPU over gloo (its own MULTI_CPU type starts one process unless given mpirun)
+        "distributed_type": {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[d.engine],
+        "num_processes": num_processes,
+        "num_machines": d.num_machines,
+        "machine_rank": d.machine_rank,
+        "main_process_port": port,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": hw.device == "cpu",
+        "debug": False,
+    }
+    if d.main_process_ip:
+        out["main_process_ip"] = d.main_process_ip
+    if d.engine != "deepspeed":
+        # DeepSpeed takes its precision from its JSON ("auto": the trainer's bf16 / fp16, i.e. the profile's);
+        # accelerate refuses a mixed_precision beside a deepspeed_config_file
+        out["mixed_precision"] = MIXED_PRECISION[hw.precision]
+    if d.engine == "fsdp":
+        out["fsdp_config"] = {
+            "fsdp_version": 2,
+            # wraps each of the model's `_no_split_modules` (its decoder layer); FSDP2 shards per parameter,
+            # so frozen base weights and trainable LoRA weights share a layer without FSDP1's use_orig_params
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            # rank 0 loads the weights, the others build on the meta device and receive theirs when sharded
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_sync_module_states": True,  # accelerate's launcher requires it with the line above
+            # checkpoints: each rank writes its shard (fast, resumable); the final model is to be gathered
+            # whole (FULL_STATE_DICT) at save, as peft's FSDP guide does before save_model
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_reshard_after_forward": d.reshard_after_forward,
+            "fsdp_offload_params": d.offload_params,
+            "fsdp_activation_checkpointing": False,  # the profile's gradient checkpointing goes via the trainer
+        }
+    if d.engine == "deepspeed":
+        ds: dict[str, Any] = {"deepspeed_config_file": str(run_dir / DEEPSPEED_FILE)}
+        ds["zero3_init_flag"] = d.zero_stage == 3  # weights built sharded, never whole in one process
+        if d.num_machines > 1:
+            ds["deepspeed_multinode_launcher"] = "standard"  # torchrun on each machine, as under Slurm
+        out["deepspeed_config"] = ds
+    return out
+
+
+def deepspeed_config(d: DictConfig) -> dict[str, Any]:
+    """DeepSpeed's JSON for a deepspeed-* preset, in the form transformers' integration documents: "auto"
+    values are filled by the trainer from its arguments (batch, accumulation, clipping, bf16 / fp16 from the
+    profile, and the model's hidden size), so they cannot disagree with the run's config."""
+    zero: dict[str, Any] = {"stage": d.zero_stage, "overlap_comm": True, "contiguous_gradients": True}
+    if d.zero_stage == 2:
+        zero.update(
+            allgather_partitions=True,
+            allgather_bucket_size=int(2e8),
+            reduce_scatter=True,
+            reduce_bucket_size="auto",
+        )
+    else:
+        zero.update(
+            sub_group_size=int(1e9),
+            reduce_bucket_size="auto",
+            stage3_prefetch_bucket_size="auto",
+            stage3_param_persistence_threshold="auto",
+            stage3_max_live_parameters=int(1e9),
+            stage3_max_reuse_distance=int(1e9),
+            stage3_gather_16bit_weights_on_model_save=True,  # a save gathers the whole model in 16 bits
+        )
+    out: dict[str, Any] = {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+    }
+    if d.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+        # offloaded states are stepped on the CPU by DeepSpeed's own Adam (a torch optimizer there would be
+        # refused as slow); its lr, betas, eps and weight decay are the trainer's
+        out["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": "auto", "betas": "auto", "eps": "auto", "weight_decay": "auto"},
+        }
+    return out
+
+
+def write_files(d: DictConfig, hw: Any, num_processes: int, run_dir: Path) -> Path:
+    """accelerate.yaml (and deepspeed.json) in the run directory; the accelerate file's path.
+
+    With several machines each writes its own accelerate file (machine_rank differs) into the shared directory.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    name = ACCELERATE_FILE if d.machine_rank == 0 else f"accelerate-machine{d.machine_rank}.yaml"
+    path = run_dir / name
+    header = f"# written by python -m rlhf distributed={d.name}: accelerate launch --config_file {path} ...\n"
+    path.write_text(
+        header + yaml.safe_dump(accelerate_config(d, hw, num_processes, run_dir), sort_keys=False)
+    )
+    if d.engine == "deepspeed":
+        part = run_dir / f".{DEEPSPEED_FILE}.{d.machine_rank}"  # whole or absent: other machines may read it
+        part.write_text(json.dumps(deepspeed_config(d), indent=2) + "\n")
+        part.replace(run_dir / DEEPSPEED_FILE)
+    return path
+
+
+# --------------------------------------------------------------------------- the launch
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def launch(cfg: DictConfig, overrides: list[str], run_dir: Path) -> int:
+    """Check the preset against this machine, write its files into `run_dir`, run `accelerate launch ... -m
+    rlhf <overrides> hydra.run.dir=<run_dir>` and wait for it; its exit status.
+
+    A launch that ends before training leaves nothing behind: a directory holding only what the processes
+    write at start-up and the launch files goes.
+    """
+    d = cfg.distributed
+    hw = config.resolve_hardware(cfg.hardware, overrides)  # auto -> this machine's profile (imports torch)
+    gpus = visible_gpus() if hw.device == "cuda" else 0
+    p = Problems()
+    check(cfg, hw, p)  # again on the profile auto picked: a GPU profile may quantize
+    given = any(o.startswith("hydra.run.dir=") for o in overrides)
+    check_machine(d, hw, gpus, given, p)
+    p.raise_if_any()
+
+    n = processes(d, gpus)
+    fresh = not run_dir.exists()
+    config_file = write_files(d, hw, n, run_dir)
+    args = [o for o in overrides if not o.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    command += ["-m", "rlhf", *args]
+    print(
+        f"distributed={d.name}: {n} processes: accelerate launch --config_file {config_file} -m rlhf {' '.join(args)}"
+    )
+    sys.stdout.flush()
+    code = run(command)
+    if code != 0 and fresh and run_dir.is_dir():
+        left = {p.name for p in run_dir.iterdir()}
+        if all(name in RUN_START_FILES or is_launch_file(name) for name in left):
+            shutil.rmtree(run_dir)
+    return code
+
+
+def launch_job(cfg: DictConfig, overrides: list[str], job_dir: Path) -> float | None:
+    """A sweep's job (-m) with a distributed preset: its own launch inside its directory; what it returns to
+    the sweeper (the finished run's optimize_metric). Under hydra/launcher=slurm this runs in the job's
+    allocation, so its processes use the GPUs Slurm gave it."""
+    from rlhf import sweep
+
+    code = launch(cfg, [*overrides, f"hydra.run.dir={job_dir}"], job_dir)
+    summary = job_dir / "summary.json"
+    if code != 0 or not summary.is_file():  # a crash: the sweep records it (failed.json) and goes on
+        raise RuntimeError(f"accelerate launch in {job_dir} exited with status {code} and no summary.json")
+    return sweep.objective(json.loads(summary.read_text()), cfg.optimize_metric)
+
+
+def run(command: list[str]) -> int:
+    """Run the launcher and wait for it. Ctrl-C reaches its processes too (one process group): they stop at
+    a step boundary and checkpoint, and the launcher's status is returned once they have."""
+    proc = subprocess.Popen(command)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return proc.wait()

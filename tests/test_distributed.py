@@ -1,0 +1,313 @@
+"""distributed=<preset>: the presets compose into configs accelerate (and DeepSpeed) accept, the method x
+engine rules and the machine checks refuse before any process starts, and `python -m rlhf distributed=ddp`
+relaunches itself on two CPU processes (gloo) with the same loss curve as one process at the same global batch,
+rank 0 alone writing the run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rlhf import distributed
+from rlhf.errors import ConfigError, Problems
+from rlhf.validate import validate
+from tests.conftest import CONF, environment
+
+PRESETS = sorted(p.stem for p in (CONF / "distributed").glob("*.yaml"))
+GPU_PROFILE = SimpleNamespace(name="a100", device="cuda", precision="bf16", load_in_4bit=False)
+# the loss curves of one process and of two, at the same global batch: equal to float32 rounding
+TOLERANCE = 1e-4
+# fp32 (no autocast, whichever CPU runs it), a learning rate the tiny model's loss moves with in 3 steps
+TINY = ["model=tiny", "hardware=cpu", "hardware.precision=fp32", "eval=none", "logger=none"]
+TINY += ["method.max_steps=3", "method.learning_rate=0.01", "method.warmup_ratio=0"]
+
+
+def test_the_group_has_the_documented_presets():
+    assert PRESETS == ["ddp", "deepspeed-zero2", "deepspeed-zero3", "deepspeed-zero3-offload", "fsdp", "none"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_composes_with_its_engine(make_cfg, preset):
+    cfg = make_cfg(f"distributed={preset}")
+    assert cfg.distributed.name == preset
+    assert cfg.distributed.engine in distributed.ENGINES
+    assert (cfg.distributed.engine == "deepspeed") == preset.startswith("deepspeed")
+
+
+def test_ddp_and_zero2_validate_for_trl_methods_and_sharded_engines_refuse(make_cfg):
+    validate(make_cfg("distributed=ddp", "method=ppo"))  # every method runs data parallel
+    validate(make_cfg("distributed=deepspeed-zero2", "method=dpo"))
+    for preset in ("fsdp", "deepspeed-zero3", "deepspeed-zero3-offload"):
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg(f"distributed={preset}", "method=lora"))
+        (line,) = err.value.problems
+        assert line.startswith(f"distributed={preset}: method=lora: ") and "fix: use distributed=ddp" in line
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("distributed=deepspeed-zero2", "method=ppo"))
+    assert err.value.problems[0].startswith("distributed=deepspeed-zero2: method=ppo trains in its own")
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("distributed=deepspeed-zero2", "hardware=cpu", "hardware.load_in_4bit=true"))
+    assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero2")
+
+
+def test_inside_a_launch_the_launchers_engine_decides(make_cfg, tmp_path):
+    """`accelerate launch --config_file <fsdp file> -m rlhf ...` typed by hand: the preset says none, the
+    launch says FSDP, and the rule follows the launch."""
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    cfg = make_cfg("method=lora")
+    for env, engine in [
+        ({"LOCAL_RANK": "0", "WORLD_SIZE": "2"}, ("ddp", "ddp", 0)),
+        ({"LOCAL_RANK": "0", "ACCELERATE_USE_FSDP": "true"}, ("fsdp", "fsdp", 0)),
+        (
+            {
+                "WORLD_SIZE": "2",
+                "ACCELERATE_USE_DEEPSPEED": "true",
+                "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json"),
+            },
+            ("deepspeed-zero3", "deepspeed", 3),
+        ),
+    ]:
+        with environment(env, drop=("ACCELERATE_", "LOCAL_RANK", "WORLD_SIZE")):
+            assert distributed.inside_launch()
+            assert distributed.in_effect(cfg) == engine
+    with environment({}, drop=("ACCELERATE_", "LOCAL_RANK", "WORLD_SIZE")):
+        assert not distributed.inside_launch() and distributed.in_effect(cfg) == ("none", "none", 0)
+
+
+def test_machine_checks_name_key_value_and_fix(make_cfg):
+    cpu = SimpleNamespace(name="cpu", device="cpu", precision="fp32", load_in_4bit=False)
+
+    def problems(*overrides, hw=cpu, gpus=0, given=True):
+        p = Problems()
+        distributed.check_machine(make_cfg(*overrides).distributed, hw, gpus, given, p)
+        return p.lines
+
+    assert problems("distributed=ddp", "distributed.num_processes=2") == []
+    assert problems("distributed=ddp")[0].startswith("distributed.num_processes=null: null means one process")
+    assert problems("distributed=ddp", hw=GPU_PROFILE, gpus=4) == []
+    assert (
+        "2 are visible"
+        in problems("distributed=ddp", "distributed.num_processes=4", hw=GPU_PROFILE, gpus=2)[0]
+    )
+    several = problems("distributed=ddp", "distributed.num_machines=2", hw=GPU_PROFILE, gpus=8, given=False)
+    assert [line.split(":")[0] for line in several] == [
+        "distributed.main_process_ip=null",
+        "hydra.run.dir=null",
+    ]
+    for preset in ("fsdp", "deepspeed-zero2"):
+        (line,) = problems(f"distributed={preset}", "distributed.num_processes=2")
+        assert line.startswith(f"distributed={preset}: ") and "needs CUDA GPUs" in line
+
+
+def accelerate_launch_settings(config_file: Path):
+    """What `accelerate launch --config_file F` makes of the file: its parsed arguments and the environment
+    it gives each process (accelerate's own parsing; nothing is started)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config_file), "-m", "rlhf"])
+    args, defaults, mixed_from_config = _validate_launch_command(args)
+    if args.use_deepspeed:  # as launch_command does before the DeepSpeed launcher
+        fields = [*defaults.deepspeed_config, *(["mixed_precision"] if mixed_from_config else [])]
+        args.deepspeed_fields_from_accelerate_config = ",".join(fields)
+        return args, prepare_deepspeed_cmd_env(args)[1]
+    return args, prepare_multi_gpu_env(args)
+
+
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "none"])
+def test_accelerate_accepts_each_presets_files(make_cfg, preset, tmp_path):
+    """The files a GPU machine would get (4 processes, bf16): accelerate's launcher parses them, and its FSDP /
+    DeepSpeed plugin builds from the environment it would hand each process."""
+    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, patch_environment
+
+    d = make_cfg(f"distributed={preset}").distributed
+    config_file = distributed.write_files(d, GPU_PROFILE, 4, tmp_path)
+    assert config_file == tmp_path / "accelerate.yaml"
+    args, env = accelerate_launch_settings(config_file)
+    assert args.num_processes == 4 and args.num_machines == 1
+    passed = {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))}
+    with patch_environment(**passed):
+        if d.engine == "ddp":
+            assert args.multi_gpu and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        elif d.engine == "fsdp":
+            plugin = FullyShardedDataParallelPlugin()
+            assert (plugin.fsdp_version, plugin.cpu_ram_efficient_loading) == (2, True)
+            assert plugin.state_dict_type.name == "SHARDED_STATE_DICT" and plugin.reshard_after_forward
+            assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        else:
+            plugin = DeepSpeedPlugin()
+            assert plugin.zero_stage == d.zero_stage and plugin.zero3_init_flag == (d.zero_stage == 3)
+            assert env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] == str(tmp_path / "deepspeed.json")
+            offloaded = plugin.deepspeed_config["zero_optimization"].get("offload_optimizer", {})
+            assert offloaded.get("device", "none") == d.offload
+
+
+def test_several_machines_go_into_the_accelerate_file(make_cfg, tmp_path):
+    overrides = ["distributed=deepspeed-zero2", "distributed.num_processes=16", "distributed.num_machines=2"]
+    overrides += ["distributed.machine_rank=1", "distributed.main_process_ip=10.0.0.1"]
+    config_file = distributed.write_files(make_cfg(*overrides).distributed, GPU_PROFILE, 16, tmp_path)
+    assert config_file.name == "accelerate-machine1.yaml"  # beside machine 0's, in the shared run directory
+    args, env = accelerate_launch_settings(config_file)
+    assert (args.num_processes, args.num_machines, args.machine_rank) == (16, 2, 1)
+    assert (args.main_process_ip, args.main_process_port) == ("10.0.0.1", 29500)
+    assert args.deepspeed_multinode_launcher == "standard"
+
+
+@pytest.mark.parametrize("preset", ["deepspeed-zero2", "deepspeed-zero3", "deepspeed-zero3-offload"])
+def test_deepspeed_accepts_each_json_once_the_trainer_fills_it(make_cfg, tiny, preset, tmp_path):
+    """DeepSpeed's own config class, on the JSON as transformers' integration fills its "auto" values from a
+    run's trainer arguments and model (what a trainer does on a GPU machine)."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    d = make_cfg(f"distributed={preset}").distributed
+    ds = distributed.deepspeed_config(d)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2, gradient_accumulation_steps=4,
+        bf16=True, max_grad_norm=1.0, report_to=[],
+    )  # fmt: skip
+    model = tiny()[0]  # built before the ZeRO-3 config exists: it would build it sharded
+    filled = HfTrainerDeepSpeedConfig(ds)
+    try:  # the filled config registers itself process-wide (ZeRO-3 would change how later models load)
+        filled.trainer_config_process(args)
+        filled.trainer_config_finalize(args, model, num_training_steps=10)
+        accepted = DeepSpeedConfig(filled.config)
+    finally:
+        unset_hf_deepspeed_config()
+    assert accepted.zero_optimization_stage == d.zero_stage
+    assert (accepted.train_micro_batch_size_per_gpu, accepted.gradient_accumulation_steps) == (2, 4)
+    assert (
+        accepted.train_batch_size == 8
+        and accepted.gradient_clipping == 1.0
+        and accepted.bfloat16_config.enabled
+    )
+    assert (accepted.zero_config.offload_optimizer is not None) == (d.offload == "cpu")
+
+
+@pytest.mark.parametrize(
+    "preset,starts",
+    [
+        ("deepspeed-zero2", "error: distributed=deepspeed-zero2: DeepSpeed needs CUDA GPUs"),
+        ("fsdp", "error: distributed=fsdp: method=lora: after training rank 0 alone"),
+        ("ddp", "error: distributed.num_processes=null: null means one process per visible GPU"),
+    ],
+)
+def test_a_preset_this_machine_cannot_run_refuses_in_one_line(rlhf_cli, tmp_path, preset, starts):
+    run = tmp_path / "run"
+    out = rlhf_cli(f"distributed={preset}", "model=tiny", "hardware=cpu", f"hydra.run.dir={run}")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith(starts)
+    assert "Traceback" not in out.stderr and not run.exists()
+
+
+def curve(run: Path, key: str = "loss") -> list[tuple[int, float, float]]:
+    """(step, epoch, value) of every training row of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["epoch"], r[key]) for r in rows if key in r]
+
+
+def assert_same_curve(one: list, two: list) -> None:
+    assert [(s, e) for s, e, _ in one] == [(s, e) for s, e, _ in two]  # same steps, same rows per step
+    for (_, _, a), (_, _, b) in zip(one, two, strict=True):
+        assert abs(a - b) <= TOLERANCE * max(1.0, abs(a)), (one, two)
+
+
+def assert_rank0_wrote_the_run(run: Path, out, steps: int) -> None:
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(curve(run)) == steps  # one row per step: rank 1 wrote none
+    assert [p.name for p in run.glob("summary*.json")] == ["summary.json"]
+    assert (run / "model" / "adapter_model.safetensors").is_file()
+    assert out.stdout.count("saved to") == 1  # one run table: rank 0 alone saved, sampled and reported
+    assert (run / "accelerate.yaml").is_file() and not (run / "deepspeed.json").exists()
+
+
+def two_processes(run_rlhf, run: Path, *overrides: str):
+    return run_rlhf("distributed=ddp", "distributed.num_processes=2", *overrides, f"hydra.run.dir={run}")
+
+
+def test_ddp_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
+    rlhf_cli, run_rlhf, tmp_path
+):
+    """2 processes x batch 1 against 1 process x batch 1 x accumulation 2: the same rows per step (accelerate
+    shards one shuffled order), and transformers averages the loss over the tokens of all of them."""
+    two = two_processes(
+        run_rlhf, tmp_path / "two", *TINY, "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"
+    )
+    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3)
+    assert two.stdout.startswith("distributed=ddp: 2 processes: accelerate launch --config_file ")
+    one = rlhf_cli(
+        *TINY, "hardware.sft_batch_size=1", "hardware.sft_grad_accum=2", f"hydra.run.dir={tmp_path}/one"
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"))  # epochs equal: 2 rows a step in both
+    assert curve(tmp_path / "two")[0][1] == 2 / 80  # the shipped set's 80 rows, 2 a step: two processes ran
+    assert_same_curve(curve(tmp_path / "one", "grad_norm"), curve(tmp_path / "two", "grad_norm"))
+
+
+@pytest.mark.slow
+def test_ddp_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(rlhf_cli, run_rlhf, tmp_path):
+    """2 processes x 1 pair against 1 process x 2 pairs: DPO's loss is the mean over pairs either way."""
+    dpo = [*TINY, "method=dpo", "hardware.pref_grad_accum=1"]
+    two = two_processes(run_rlhf, tmp_path / "two", *dpo, "hardware.pref_batch_size=1")
+    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3)
+    one = rlhf_cli(*dpo, "hardware.pref_batch_size=2", f"hydra.run.dir={tmp_path}/one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    for key in ("loss", "rewards/margins", "grad_norm"):
+        assert_same_curve(curve(tmp_path / "one", key), curve(tmp_path / "two", key))
+    assert curve(tmp_path / "two")[-1][2] < curve(tmp_path / "two")[0][2]  # it learned something
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_ddp_runs_the_rl_methods_on_two_processes(run_rlhf, tmp_path, method):
+    run = tmp_path / "run"
+    out = two_processes(
+        run_rlhf,
+        run,
+        "model=tiny",
+        "hardware=cpu",
+        "eval=none",
+        "logger=none",
+        f"method={method}",
+        "method.max_steps=2",
+    )
+    assert_rank0_wrote_the_run(run, out, steps=2)
+
+
+@pytest.mark.slow
+def test_a_sweeps_job_with_a_preset_launches_its_own_processes(run_rlhf, tmp_path):
+    """-m: the job's task function relaunches it through accelerate inside its own directory (as a Slurm job
+    with N GPUs would), and the sweeper gets its optimize_metric."""
+    sweep = tmp_path / "sweep"
+    out = run_rlhf("-m", "distributed=ddp", "distributed.num_processes=2", "model=tiny", "hardware=cpu", "eval=none",
+                   "logger=none", "method.max_steps=1", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (job,) = [p.parent for p in sweep.glob("*/summary.json")]
+    assert (job / "accelerate.yaml").is_file() and len(curve(job)) == 1
+    assert "1 of 1 jobs finished" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_two_job_sweep_through_submitit_local(run_rlhf, tmp_path):
+    """hydra/launcher=submitit-local: the Slurm launcher's plugin, its jobs as local subprocesses."""
+    sweep = tmp_path / "sweep"
+    out = run_rlhf("-m", "hydra/launcher=submitit-local", "model=tiny", "method.max_steps=1", "eval=none",
+                   "logger=none", "method.lora_r=4,8", f"hydra.sweep.dir={sweep}")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/summary.json")) == ["0_lora_tiny", "1_lora_tiny"]
+    assert (sweep / ".submitit").is_dir()
+
+
+def test_no_launch_files_count_as_an_earlier_runs_files(tmp_path):
+    """A run directory holding only what a launch wrote before it started may be given to the launch."""
+    from rlhf.__main__ import check_run_dir
+
+    (tmp_path / "accelerate.yaml").write_text("")
+    (tmp_path / "deepspeed.json").write_text("{}")
+    check_run_dir([f"hydra.run.dir={tmp_path}"])  # no error

@@ -1,0 +1,229 @@
+"""The memory plan: its terms add up and move as they should, the verdict and its fix, the CLI's exit status,
+the model's numbers offline, plan.check, and which profile hardware=auto gives a GPU. No weights, no network:
+the models are built on the meta device from their presets' architecture."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlhf import hardware, plan
+from rlhf.errors import UserError
+from tests.conftest import ROOT, in_process
+
+
+def estimate(make_cfg, *overrides: str, **kwargs) -> plan.Estimate:
+    cfg = make_cfg(*overrides)
+    return plan.estimate(cfg, hardware.typed(cfg.hardware), **kwargs)
+
+
+def term(est: plan.Estimate, name: str) -> float:
+    return next(t.bytes for t in est.terms if t.name == name)
+
+
+def test_the_terms_add_up_to_the_total(make_cfg):
+    est = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4")
+    assert est.total == pytest.approx(sum(t.bytes for t in est.terms))
+    names = {t.name for t in est.terms}
+    assert names >= {"weights", "adapter", "gradients", "optimizer states", "activations", "LM head (tiled)"}
+    # generation and the training pass never overlap: the total holds the larger of the two
+    ppo = estimate(make_cfg, "model=tinyllama-1.1b-chat", "hardware=t4", "method=ppo")
+    held = sum(t.bytes for t in ppo.terms if not t.phase)
+    phases = [sum(t.bytes for t in ppo.terms if t.phase == p) for p in ("train", "generate")]
+    assert term(ppo, "generation KV cache") > 0 and ppo.total == pytest.approx(held + max(phases))
+    assert term(ppo, "logits") > 0  # our ppo computes its completions' logits whole, TRL's trainers in tiles
+
+
+def test_every_preset_carries_its_published_size(make_cfg):
+    published = {  # parameters, from each model's card / config.json
+        "llama-2-7b": 6.74e9,
+        "llama-3.2-3b": 3.21e9,
+        "mistral-7b": 7.24e9,
+        "qwen2.5-3b": 3.09e9,
+        "tinyllama-1.1b-chat": 1.10e9,
+        "smollm2-135m": 134.5e6,
+    }
+    for name, params in published.items():
+        cfg = make_cfg(f"model={name}")
+        shape = plan.shape_from(plan.model_config(cfg.model, cfg.cache_dir))
+        assert shape.params == pytest.approx(params, rel=0.01), name
+
+
+def test_gradient_checkpointing_lowers_the_activations(make_cfg):
+    args = ("model=llama-3.2-3b", "hardware=a100", "method=lora")
+    off = estimate(make_cfg, *args, "hardware.gradient_checkpointing=false")
+    on = estimate(make_cfg, *args, "hardware.gradient_checkpointing=true")
+    assert term(on, "activations") < term(off, "activations") / 5
+    assert term(on, "LM head (tiled)") == term(off, "LM head (tiled)")  # the head is not checkpointed
+
+
+def test_4bit_weights_are_about_a_third_of_bf16(make_cfg):
+    args = ("model=mistral-7b", "hardware=a100", "method=lora")
+    bf16 = estimate(make_cfg, *args)
+    nf4 = estimate(make_cfg, *args, "hardware.load_in_4bit=true")
+    s = bf16.shape
+    # the linear layers at 0.5 B + a float32 absmax per 64; embeddings, norms and lm_head stay bf16
+    expected = (s.quantizable * (0.5 + 4 / 64) + (s.params - s.quantizable) * 2) / (s.params * 2)
+    assert term(nf4, "weights") / term(bf16, "weights") == pytest.approx(expected, rel=1e-6)
+    assert 3 < term(bf16, "weights") / term(nf4, "weights") < 4
+    double = estimate(
+        make_cfg, *args, "hardware.load_in_4bit=true", "hardware.bnb_4bit_use_double_quant=true"
+    )
+    assert term(double, "weights") < term(nf4, "weights")
+
+
+def test_lora_holds_far_fewer_gradient_and_optimizer_bytes_than_full_fine_tuning(make_cfg):
+    sft = estimate(make_cfg, "model=llama-3.2-3b", "hardware=a100", "method=sft")
+    lora = estimate(make_cfg, "model=llama-3.2-3b", "hardware=a100", "method=lora")
+    for name in ("gradients", "optimizer states"):
+        assert term(lora, name) * 30 < term(sft, name)
+
+
+def test_dpo_full_fine_tuning_holds_a_reference_copy_and_dpo_lora_does_not(make_cfg):
+    full = estimate(
+        make_cfg, "model=tinyllama-1.1b-chat", "hardware=a100", "method=dpo", "method.adapter=none"
+    )
+    lora = estimate(make_cfg, "model=tinyllama-1.1b-chat", "hardware=a100", "method=dpo")
+    assert term(full, "reference model") == pytest.approx(term(full, "weights"))
+    assert term(lora, "reference model") == 0
+
+
+def test_zero3_over_4_processes_divides_the_weights(make_cfg):
+    one = estimate(make_cfg, "model=mistral-7b", "hardware=a100", "method=sft")
+    zero3 = estimate(
+        make_cfg, "model=mistral-7b", "hardware=a100", "method=sft", engine="deepspeed-zero3", num_processes=4
+    )
+    assert term(zero3, "weights") == pytest.approx(term(one, "weights") / 4)
+    assert term(zero3, "activations") == term(one, "activations")  # each device still runs its own batch
+    zero2 = plan.terms(one.shape, one.hw, one.work, "deepspeed-zero2", 4)
+    assert term(zero2, "weights") == term(one, "weights") and term(zero2, "gradients") < term(
+        one, "gradients"
+    )
+
+
+def test_a_shorter_longest_row_lowers_the_estimate(make_cfg):
+    longest = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4")
+    short = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4", tokens=100)
+    assert short.work.tokens == 100 and short.total < longest.total
+
+
+def plan_cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    from rlhf import cli
+    from rlhf.plan import __main__ as entry
+
+    return in_process(lambda a: cli.run(entry.main, a), list(argv), env or {})
+
+
+def test_mistral_7b_full_fine_tuning_on_8gb_is_refused_in_one_line_with_its_fix(cache_dir):
+    r = plan_cli("model=mistral-7b", "hardware=rtx4060-8gb", "method=sft", f"cache_dir={cache_dir}")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: hardware=rtx4060-8gb: model=mistral-7b method=sft needs an estimated")
+    assert "largest term: " in lines[0] and "fix: method=lora (est." in lines[0]
+    assert "weights" in r.stdout and "total" in r.stdout  # the table came first
+
+
+def test_a_user_hub_id_without_a_config_offline_is_one_line(cache_dir, tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    r = plan_cli("model=llama-2-7b", "model.path=someorg/their-model", f"cache_dir={cache_dir}", env=env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: model.path=someorg/their-model: its config.json cannot be had offline")
+    assert "; fix: " in lines[0]
+
+
+def test_llama_3b_on_a_t4_prints_the_table_offline():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "rlhf.plan", "model=llama-3.2-3b", "hardware=t4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "4-bit nf4" in out and "CUDA context + framework" in out and "per GPU with 2 / 4 / 8 GPUs" in out
+    assert out.strip().splitlines()[-1].startswith("fits: ") and "of 14.7 GB" in out
+
+
+def test_check_refuses_warns_and_is_skipped_with_plan_check_false(make_cfg, monkeypatch):
+    monkeypatch.setattr(hardware, "gpu", lambda: None)  # on a GPU machine the run compares with that GPU
+    args = ("model=mistral-7b", "hardware=rtx4060-8gb", "method=sft")
+    cfg = make_cfg(*args)
+    hw = hardware.typed(cfg.hardware)
+    with pytest.raises(UserError, match=r"^hardware=rtx4060-8gb: .* fix: method=lora"):
+        plan.check(cfg, hw)
+    assert plan.check(make_cfg(*args, "plan.check=false"), hw) is None
+    # above 90% of the device: a warning, and the run goes on
+    est = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4")
+    line = plan.verdict(est, est.total / 0.95 / plan.GiB, "a test GPU", "llama-3.2-3b")
+    assert (
+        line.startswith("warning: hardware=t4:") and "(95%)" in line and "if it runs out of memory: " in line
+    )
+    assert plan.verdict(est, est.total / 0.5 / plan.GiB, "a test GPU", "llama-3.2-3b").startswith("fits: ")
+
+
+def test_the_fix_is_the_cheapest_that_fits(make_cfg):
+    # a batch that is too large: a smaller one with more accumulation (the same effective batch)
+    est = estimate(
+        make_cfg, "model=llama-3.2-3b", "hardware=a100", "method=lora", "hardware.sft_batch_size=16"
+    )
+    fix = plan.cheapest_fix(est, 30 * plan.GiB)
+    assert fix.startswith("hardware.sft_batch_size=") and "hardware.sft_grad_accum=" in fix
+    batch, accum = (int(p.split("=")[1]) for p in fix.split(" (")[0].split())
+    assert batch < 16 and batch * accum >= 16 * 2
+    # at batch 1, where neither checkpointing nor 4-bit weights is enough alone: both, in that order
+    one = estimate(make_cfg, "model=mistral-7b", "hardware=a100", "hardware.sft_batch_size=1")
+    fix = plan.cheapest_fix(one, 10 * plan.GiB)
+    assert fix.startswith("hardware.gradient_checkpointing=true hardware.load_in_4bit=true (est. "), fix
+    # full fine-tuning of 7B on 8 GB: LoRA (QLoRA on that profile) before more GPUs
+    full = estimate(make_cfg, "model=mistral-7b", "hardware=rtx4060-8gb", "method=sft")
+    assert plan.cheapest_fix(full, 7.6 * plan.GiB).startswith("method=lora (est. ")
+
+
+@pytest.mark.parametrize(
+    ("name", "memory_gb", "bf16", "profile"),
+    [
+        ("Tesla T4", 14.7, False, "t4"),
+        ("NVIDIA L4", 22.0, True, "l4"),
+        ("NVIDIA A10G", 22.1, True, "a10g"),
+        ("NVIDIA H100 80GB HBM3", 79.2, True, "h100"),
+        ("NVIDIA GeForce RTX 4090", 23.6, True, "rtx4090"),
+        ("NVIDIA GeForce RTX 4060 Laptop GPU", 8.0, True, "rtx4060-8gb"),
+        ("NVIDIA A100-SXM4-80GB", 79.3, True, "a100"),
+        ("NVIDIA A100-PCIE-40GB", 39.4, True, "a100"),
+        ("NVIDIA L40S", 44.4, True, "a100"),  # not an L4: by memory, the largest profile it holds
+        ("NVIDIA H200", 139.8, True, "h100"),
+        ("NVIDIA GeForce RTX 3060", 11.8, True, "rtx4060-8gb"),
+        ("NVIDIA RTX A4000", 15.7, True, "rtx4060-8gb"),  # bf16: not t4's fp16, though it has t4's memory
+        ("NVIDIA GeForce RTX 3090", 23.6, True, "rtx4090"),
+        ("Tesla V100-SXM2-32GB", 31.7, False, "t4"),  # no bf16: the fp16 profile
+        ("NVIDIA GeForce GTX 1650", 3.8, True, "rtx4060-8gb"),  # less than any profile: the smallest
+    ],
+)
+def test_auto_picks_a_profile_by_the_gpus_name_then_its_memory(name, memory_gb, bf16, profile):
+    assert hardware.pick(name, memory_gb, bf16=bf16) == profile
+
+
+def test_every_gpu_profile_states_its_memory():
+    sizes = hardware.gpu_profiles()
+    assert set(sizes) >= {"t4", "a100", "rtx4060-8gb", "l4", "a10g", "h100", "rtx4090"}
+    assert all(0 < gb < 200 for gb in sizes.values())
+
+
+def test_the_gpu_record_is_none_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        record = hardware.gpu()
+        assert set(record) == {"name", "memory_gb"} and record["memory_gb"] > 0
+    else:
+        assert hardware.gpu() is None
