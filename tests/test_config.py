@@ -42,7 +42,7 @@ def test_each_group_has_the_documented_options():
     )
     assert options("method") == methods.names()  # one YAML per method module, and no other
     assert options("reward") == ["keyword", "mix", "model"]
-    assert options("hardware") == ["a10g", "a100", "auto", "cpu", "h100", "l4", "rtx4060-8gb", "rtx4090", "t4"]
+    assert options("hardware") == ["a100", "a10g", "auto", "cpu", "h100", "l4", "rtx4060-8gb", "rtx4090", "t4"]
 
 
 def test_every_yaml_opens_with_a_comment_naming_its_command():
