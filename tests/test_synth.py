@@ -188,7 +188,7 @@ def test_refusals_and_the_reward_threshold_read_the_response():
     from rlhf.rewards import Reward, keyword_reward
 
     pipe = pipeline(
-        [{"name": "refusal"}, {"name": "reward", "min_score": 0.0}],
+        [{"name": "refusal"}, {"name": "repetition"}, {"name": "reward", "min_score": 0.0}],
         rewards=[Reward("keyword", keyword_reward(["happy"]), 1.0)],
     )
     texts = {
@@ -196,6 +196,8 @@ def test_refusals_and_the_reward_threshold_read_the_response():
         "I'm sorry, but I can't help with that.": "refusal:response",
         "As an AI language model, I have no feelings.": "refusal:response",
         "Here is a poem about rain.": "reward:response",
+        "A happy day. " + "Here is a step-by-step guide to help you. " * 6: "repetition:response",
+        "A happy day: the sun, the sea, the sand, and the friends we made along the long way home.": None,
     }
     kept, dropped, _ = run_filters(pipe, list(texts), on="response")
     assert kept == [t for t, why in texts.items() if why is None]

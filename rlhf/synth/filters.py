@@ -313,6 +313,39 @@ class Refusal(Filter):
         return f"boilerplate {found.group(0)!r}" if found else None
 
 
+@register("repetition")
+@dataclass
+class Repetition(Filter):
+    """Drops a degenerate text that loops: the share of its word n-grams that are distinct is below
+    `min_distinct` (Gopher's repetition rule, in its simplest form; texts shorter than 2n words pass)."""
+
+    field: str = "response"
+    ngram: int = 4
+    min_distinct: float = 0.5
+
+    def check(self, problems: Problems, key: str) -> None:
+        problems.check(self.ngram >= 1, f"{key}.ngram", self.ngram, "must be >= 1", "use e.g. 4")
+        problems.check(
+            0 < self.min_distinct <= 1,
+            f"{key}.min_distinct",
+            self.min_distinct,
+            "must be in (0, 1]",
+            "use e.g. 0.5",
+        )
+
+    def reason(self, text: str) -> str | None:
+        words = text.lower().split()
+        if len(words) < 2 * self.ngram:
+            return None
+        grams = [tuple(words[i : i + self.ngram]) for i in range(len(words) - self.ngram + 1)]
+        share = len(set(grams)) / len(grams)
+        return (
+            f"{share:.2f} of {self.ngram}-grams distinct < {self.min_distinct}"
+            if share < self.min_distinct
+            else None
+        )
+
+
 @register("ends_with_colon")
 @dataclass
 class EndsWithColon(Filter):
