@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -32,8 +33,12 @@ def tune_malloc() -> None:
     fresh zeroed pages (tens of millions of page faults in a 5-minute CPU run). Raising both thresholds to
     1 GiB keeps that memory for reuse: LoRA SFT on SmolLM2-135M ran 1.4x faster on 2 cores
     (33.8 s -> 24.1 s for 10 steps). Peak memory is unchanged; resident memory stays near the peak.
+    glibc's own variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_), where set, win: that is how to run
+    with other thresholds (bench/footprint.py measures both).
     """
     if not sys.platform.startswith("linux"):
+        return
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
     name = ctypes.util.find_library("c")
     try:
@@ -60,6 +65,57 @@ def release_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
         return
+
+
+class StagePeaks:
+    """Peak resident memory of this process per stage of a run (loading, training, evaluation).
+
+    Linux keeps one high-water mark per process (VmHWM, also what getrusage's ru_maxrss reads) and resets it
+    when "5" is written to /proc/self/clear_refs; `end(stage)` reads it and resets it for the next stage, so
+    training's peak is told apart from the eval stage's. Where that file is missing (not Linux), every stage
+    reads the process's peak so far.
+    """
+
+    def __init__(self) -> None:
+        self.peaks: dict[str, float] = {}
+        self.overall = 0.0
+
+    def start(self) -> None:
+        """A new run in this process: its peaks count from here (runs in one process do not share them)."""
+        self.peaks, self.overall = {}, 0.0
+        self.reset()
+
+    @staticmethod
+    def reset() -> None:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    @staticmethod
+    def high_water_mb() -> float:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def end(self, stage: str) -> float:
+        """The peak since the previous stage ended (or since start), recorded under `stage`."""
+        peak = self.high_water_mb()
+        self.peaks[stage] = round(max(peak, self.peaks.get(stage, 0.0)), 1)
+        self.overall = max(self.overall, peak)
+        self.reset()
+        return peak
+
+    def peak_mb(self) -> float:
+        """The process's peak over every stage so far, the current one included."""
+        return round(max(self.overall, self.high_water_mb()), 1)
+
+
+PEAKS = StagePeaks()  # one per process: what summary.json reports as peak_rss_mb
 
 
 def tune_blas(cpuinfo: Path = Path("/proc/cpuinfo")) -> None:

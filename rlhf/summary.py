@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,12 @@ from rlhf import methods
 
 
 def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process, and peak GPU memory where there is a GPU."""
-    peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    """Peak resident memory of this process, per stage where they were told apart, and peak GPU memory."""
+    from rlhf.runtime import PEAKS
+
+    peak: dict[str, Any] = {"peak_rss_mb": PEAKS.peak_mb()}
+    if PEAKS.peaks:  # the stages told apart, and the one still running: saving, samples and the eval
+        peak["peak_rss_mb_by_stage"] = {**PEAKS.peaks, "eval": round(PEAKS.high_water_mb(), 1)}
     import torch
 
     if torch.cuda.is_available():
@@ -72,6 +75,10 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def by_stage(peaks: dict[str, float] | None) -> str:
+    return " (" + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + ")" if peaks else ""
+
+
 def print_run_table(summary: dict[str, Any], run_dir: Path) -> None:
     """The table a run ends with."""
 
@@ -98,7 +105,10 @@ def print_run_table(summary: dict[str, Any], run_dir: Path) -> None:
         ],
         ("trainable", f"{fmt(summary['trainable_params'])} of {fmt(summary['total_params'])} ({share:.2%})"),
         ("speed", f"{fmt(summary['tokens_per_s'])} tokens/s ({fmt(summary['train_tokens'])} tokens)"),
-        ("peak memory", f"{summary['peak_rss_mb']:.0f} MB RSS"),
+        (
+            "peak memory",
+            f"{summary['peak_rss_mb']:.0f} MB RSS" + by_stage(summary.get("peak_rss_mb_by_stage")),
+        ),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
         (
             "checkpoints",

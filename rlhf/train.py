@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf import checkpoint, sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
-from rlhf.runtime import is_main_process
+from rlhf.runtime import PEAKS, is_main_process
 from rlhf.validate import check_resolved_profile, validate
 
 INTERRUPTED = "interrupted.json"
@@ -27,6 +27,7 @@ INTERRUPTED = "interrupted.json"
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
     """Train, save, evaluate and report one run into `run_dir`; return what a sweeper optimises."""
     started = time.time()
+    PEAKS.start()
     with discard_run_on_bad_input(run_dir):
         validate(cfg)  # every config error at once, before torch is even imported
         resume_from = resume_point(cfg, run_dir)
@@ -51,7 +52,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         )
         from rlhf.plan import check as check_memory
 
-        check_memory(cfg, hw, max(dataset.lengths, default=None))  # refuse what cannot fit before weights load
+        # refuse what cannot fit before the weights load
+        check_memory(cfg, hw, max(dataset.lengths, default=None))
         reward = rewards.build(cfg.reward) if method.USES_REWARD else []
         evaluates = bool(cfg.eval.tasks) and method.HEAD == "causal-lm"  # lm-eval scores language models
         if evaluates:
@@ -118,6 +120,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         from rlhf.runtime import release_memory
 
         release_memory()  # what loading and the base eval freed, before training's own peak
+        PEAKS.end("load")  # loading, the plan and the base eval: training's peak is counted from here
         if resume_from:
             print(f"Resuming {run_dir} from {resume_from.name}")
         plan.stop.install()  # SIGINT / SIGTERM: finish the step, checkpoint, stop
@@ -128,6 +131,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             raise
         finally:
             plan.stop.uninstall()
+        PEAKS.end("train")
     shutil.rmtree(checkpoint.incoming(run_dir), ignore_errors=True)  # the trainers' scratch directory
     if plan.stopping:
         interrupted(run_dir, plan, tracker)

@@ -99,9 +99,15 @@ IN_SUITE_LEAK = pytest.mark.xfail(
 )
 
 
-@pytest.mark.parametrize(
-    "method", [pytest.param(m, marks=IN_SUITE_LEAK) if m == "ppo" else m for m in methods.names()]
-)
+FAST_RESUME = ("lora", "dpo", "ppo")  # one of each kind in the fast tier: adapter SFT, preferences, our RL
+
+
+def resume_marks(method: str) -> list:
+    marks = [IN_SUITE_LEAK] if method == "ppo" else []
+    return marks + ([] if method in FAST_RESUME else [pytest.mark.slow])
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=resume_marks(m)) for m in methods.names()])
 def test_a_run_stopped_by_a_signal_resumes_to_the_same_end(method, rlhf_cli, uninterrupted, tmp_path):
     """SIGINT (here, to this process, at step 2) finishes the step, checkpoints and stops; resume= continues."""
     run_dir = tmp_path / "stopped"

@@ -42,7 +42,17 @@ def test_each_group_has_the_documented_options():
     )
     assert options("method") == methods.names()  # one YAML per method module, and no other
     assert options("reward") == ["keyword", "mix", "model"]
-    assert options("hardware") == ["a100", "a10g", "auto", "cpu", "h100", "l4", "rtx4060-8gb", "rtx4090", "t4"]
+    assert options("hardware") == [
+        "a100",
+        "a10g",
+        "auto",
+        "cpu",
+        "h100",
+        "l4",
+        "rtx4060-8gb",
+        "rtx4090",
+        "t4",
+    ]
 
 
 def test_every_yaml_opens_with_a_comment_naming_its_command():
@@ -197,7 +207,15 @@ def test_every_preset_has_a_pinned_config():
     assert {f"experiment={e}" for e in options("experiment")} <= pinned
 
 
-@pytest.mark.parametrize("gone", ["grpo", "rloo", "kto", "prefix-tuning"])
+@pytest.mark.parametrize(
+    "gone",
+    [
+        "grpo",
+        "prefix-tuning",
+        pytest.param("rloo", marks=pytest.mark.slow),
+        pytest.param("kto", marks=pytest.mark.slow),
+    ],
+)
 def test_a_method_is_its_module_and_its_yaml(tmp_path, gone):
     """Remove one method's module and YAML from a copy of the project: it is gone from the options, --help
     and the errors, and everything else still composes, with no other edit."""

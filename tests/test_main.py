@@ -16,6 +16,7 @@ SUMMARY_KEYS = [
     "method", "model", "hardware", "precision", "data", "data_rows", "seed", "steps", "first_loss",
     "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
     "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval_loss", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
+    "peak_rss_mb_by_stage",
     "wall_time_s", "data_truncated", "data_dropped", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
     "gpu", "alarms", "stopped_early",
 ]  # fmt: skip
@@ -53,6 +54,9 @@ def test_summary_reports_what_users_compare(lora_run):
     assert summary["eval_loss"] == [m["eval_loss"] for m in metrics if "eval_loss" in m][-1] > 0
     assert "eval loss" in out.stdout
     assert summary["wall_time_s"] > 0 and summary["tokens_per_s"] > 0 and summary["peak_rss_mb"] > 100
+    stages = summary["peak_rss_mb_by_stage"]  # training's peak apart from loading's and the eval stage's
+    assert list(stages) == ["load", "train", "eval"] and min(stages.values()) > 100
+    assert max(stages.values()) <= summary["peak_rss_mb"] + 1
     assert 0 < summary["trainable_params"] < summary["total_params"]
     assert summary["trainable_share"] == pytest.approx(
         summary["trainable_params"] / summary["total_params"], rel=1e-4
@@ -103,7 +107,7 @@ def test_full_sft_run_saves_a_plain_transformers_model(rlhf_cli, tmp_path):
 @pytest.mark.parametrize(
     "method",
     [
-        n
+        pytest.param(n, marks=[pytest.mark.slow] if n == "kto" else [])  # kto: dpo's path, another loss
         for n, m in methods.registry().items()
         if not set(m.DATA_FORMATS) & set(methods.get("sft").DATA_FORMATS)
     ],
@@ -136,6 +140,7 @@ def test_preference_and_rl_methods_write_a_complete_run(rlhf_cli, tmp_path, meth
         assert {s["stage"] for s in samples} == {"before", "after"}
 
 
+@pytest.mark.slow  # the fast tier runs the same chain as pipeline=rlhf-three-stage (tests/test_pipeline.py)
 def test_three_stages_chain_sft_rm_ppo(rlhf_cli, tmp_path):
     """sft -> rm -> ppo, each stage reading the previous one's output directory (README: three stages)."""
     sft = rlhf_cli(
@@ -154,26 +159,21 @@ def test_three_stages_chain_sft_rm_ppo(rlhf_cli, tmp_path):
     assert all("rewards/keyword" in r and "rewards/model" in r for r in rows)
 
 
-def test_ppo_under_accelerate_launch_with_two_processes(cache_dir, tmp_path):
-    """Two CPU processes (gloo): rank 0 alone writes the run; the explicit run dir is shared."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2"]
-    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    args = ["-m", "rlhf", "model=tiny", "method=ppo", "method.max_steps=2", "eval.limit=2"]
-    args += [f"hydra.run.dir={tmp_path}/run"]
-    env = {**os.environ, "RLHF_CACHE_DIR": str(cache_dir)}
-    out = subprocess.run([*accelerate, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+@pytest.mark.slow
+def test_under_two_processes_rank0_alone_evaluates_and_logs(run_rlhf, tmp_path):
+    """distributed=ddp with 2 CPU processes (gloo), PPO: rank 0 alone writes the run, evaluates and logs."""
+    run = tmp_path / "run"
+    out = run_rlhf(
+        "distributed=ddp", "distributed.num_processes=2", "model=tiny", "method=ppo", "method.max_steps=2",
+        "eval.limit=2", f"hydra.run.dir={run}",
+    )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert out.stdout.startswith("distributed=ddp: 2 processes: accelerate launch")
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # one line per rollout, from rank 0 only
-    assert (tmp_path / "run" / "model" / "adapter_model.safetensors").is_file()
+    assert (run / "model" / "adapter_model.safetensors").is_file()
     assert out.stdout.count("saved to") == 1
-    assert len(list((tmp_path / "run" / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs to wandb
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # only rank 0 logs to wandb
     # only rank 0 evaluates: one eval.json, one "Evaluating the tuned model" line
-    assert (tmp_path / "run" / "eval.json").is_file() and not (tmp_path / "run" / "eval-2.json").exists()
+    assert (run / "eval.json").is_file() and not (run / "eval-2.json").exists()
     assert out.stdout.count("Evaluating the tuned model") == 1

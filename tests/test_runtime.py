@@ -28,3 +28,21 @@ def test_tune_blas_picks_mkls_avx2_kernels_only_on_amd(cpuinfo, already, expecte
     (tmp_path / "cpuinfo").write_text(cpuinfo)
     runtime.tune_blas(tmp_path / "cpuinfo")
     assert runtime.os.environ.get("MKL_CBWR") == expected
+
+
+@pytest.mark.skipif(not runtime.Path("/proc/self/clear_refs").exists(), reason="Linux: /proc/self/clear_refs")
+def test_stage_peaks_tell_a_stages_peak_from_an_earlier_ones():
+    import numpy as np
+
+    peaks = runtime.StagePeaks()
+    peaks.start()
+    big = np.ones(300 * 2**20 // 8)  # 300 MB, touched, then freed before the stage ends
+    del big
+    runtime.release_memory()
+    first = peaks.end("big")
+    small = np.ones(20 * 2**20 // 8)
+    second = peaks.end("small")
+    del small
+    assert first - second > 200, peaks.peaks  # the second stage's peak is not the first one's
+    assert peaks.peaks == {"big": round(first, 1), "small": round(second, 1)}
+    assert peaks.peak_mb() >= round(first, 1)  # the run's peak still counts the first stage

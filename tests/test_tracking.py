@@ -189,6 +189,7 @@ def test_an_api_key_in_the_environment_reaches_no_file_of_the_run(lora_sweep):
     assert not [p for p in files if SECRET.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_recorded_and_the_others_still_run(run_rlhf, tmp_path):
     """The first job crashes in its first training step (tests/faults), after its wandb run started."""
     out = run_rlhf(
@@ -218,6 +219,7 @@ def test_bad_input_stops_a_sweep_at_once_with_one_line(run_rlhf, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir()], "no job directory is left behind"
 
 
+@pytest.mark.slow
 def test_optuna_preset_runs_trials_and_logger_none_leaves_no_wandb(run_rlhf, tmp_path):
     out = run_rlhf(
         "-m", "hparams_search=lora_optuna", "model=tiny", "method.max_steps=2", "hydra.sweeper.n_trials=2",

@@ -142,6 +142,11 @@ def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def ngrams(words: list[str], n: int) -> list[str]:
+    """The word n-grams of `words` in order (a text shorter than n is its own one n-gram)."""
+    return [" ".join(words[i : i + n]) for i in range(max(len(words) - n + 1, 1))]
+
+
 @register("exact_dedup")
 @dataclass
 class ExactDedup(Pool):
@@ -190,7 +195,7 @@ class NearDedup(Pool):
         from datasketch import MinHash
 
         words = normalized(text).split()
-        shingles = {" ".join(words[i : i + self.ngram]) for i in range(max(len(words) - self.ngram + 1, 1))}
+        shingles = set(ngrams(words, self.ngram))
         m = MinHash(num_perm=self.num_perm)  # a fixed seed: the same text hashes the same in every run
         m.update_batch([s.encode() for s in shingles])
         return m
@@ -337,7 +342,7 @@ class Repetition(Filter):
         words = text.lower().split()
         if len(words) < 2 * self.ngram:
             return None
-        grams = [tuple(words[i : i + self.ngram]) for i in range(len(words) - self.ngram + 1)]
+        grams = ngrams(words, self.ngram)
         share = len(set(grams)) / len(grams)
         return (
             f"{share:.2f} of {self.ngram}-grams distinct < {self.min_distinct}"

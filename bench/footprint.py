@@ -1,0 +1,119 @@
+"""Our own footprint: peak memory of each method's training on the embedded model, beside its speed.
+
+    .venv/bin/python bench/footprint.py [--steps N] [--methods lora,dpo,...] [--malloc both|tuned|glibc]
+                                                                                       (make bench-footprint)
+
+Each row is one `python -m rlhf method=<m> eval=none` run of `--steps` steps in its own process, on this
+machine's profile. Its summary.json gives the peak resident memory of each stage (loading with the plan,
+training, saving and samples afterwards: /proc/self/clear_refs resets the high-water mark between them) and
+the time per step; the idle process (python importing torch, transformers, trl and peft) is measured the same
+way. With `--malloc both`, every method runs twice side by side: with the run's malloc tuning (rlhf.runtime)
+and with glibc's own thresholds (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set, which the tuning
+respects), so the memory the tuning costs and the speed it buys are in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_TRAIN_MB = 1500  # every method's training on the embedded model
+TARGET_RUN_MB = 2500  # the default run (LoRA + eval=quick), whole process
+METHODS = ("lora", "sft", "prompt-tuning", "rm", "dpo", "kto", "ppo", "grpo", "rloo")
+GLIBC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+
+
+def cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
+    flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
+    isa = "AVX-512+BF16" if "avx512_bf16" in flags else "AVX-512" if "avx512f" in flags else "AVX2"
+    return f"{name}, {os.cpu_count()} cores, {isa}"
+
+
+def idle_mb(env: dict[str, str]) -> float:
+    code = (
+        "import torch, transformers, trl, peft, resource; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def run(method: str, steps: int, env: dict[str, str], extra: list[str]) -> dict:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"rlhf-footprint-{method}-")) / "run"
+    command = [
+        sys.executable, "-m", "rlhf", f"method={method}", "eval=none", f"method.max_steps={steps}",
+        "logger=none", "checkpoint.at_end=false", f"hydra.run.dir={run_dir}", *extra,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {
+            "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"
+        }
+    summary = json.loads((run_dir / "summary.json").read_text())
+    stages = summary.get("peak_rss_mb_by_stage", {})
+    return {
+        "load": stages.get("load"),
+        "train": stages.get("train"),
+        "after": stages.get("eval"),
+        "peak": summary["peak_rss_mb"],
+        "s_per_step": summary["train_runtime_s"] / max(summary["steps"], 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--malloc", choices=("both", "tuned", "glibc"), default="both")
+    parser.add_argument("overrides", nargs="*", help="extra overrides for every run")
+    args = parser.parse_args()
+    modes = {"both": ("tuned", "glibc"), "tuned": ("tuned",), "glibc": ("glibc",)}[args.malloc]
+    envs = {"tuned": dict(os.environ), "glibc": {**os.environ, **GLIBC}}
+    print(f"machine: {cpu()}; {args.steps} steps per run; overrides: {' '.join(args.overrides) or 'none'}")
+    idle = {mode: idle_mb(envs[mode]) for mode in modes}
+    print(
+        "idle process (torch, transformers, trl, peft imported): "
+        + ", ".join(f"{m} {v:.0f} MB" for m, v in idle.items())
+    )
+    header = f"{'method':<14} {'malloc':<6} {'load MB':>8} {'train MB':>9} {'above idle':>10} {'after MB':>9} {'s/step':>7}"
+    print(header)
+    print("-" * len(header))
+    results = {}
+    for method in args.methods.split(","):
+        for mode in modes:  # side by side: the two settings of a method run one after the other
+            r = run(method, args.steps, envs[mode], args.overrides)
+            results[(method, mode)] = r
+            if "error" in r:
+                print(f"{method:<14} {mode:<6} failed: {r['error']}")
+                continue
+            flag = "" if r["train"] <= TARGET_TRAIN_MB else f"  > {TARGET_TRAIN_MB} MB target"
+            print(
+                f"{method:<14} {mode:<6} {r['load']:>8.0f} {r['train']:>9.0f} {r['train'] - idle[mode]:>10.0f}"
+                f" {r['after']:>9.0f} {r['s_per_step']:>7.2f}{flag}",
+                flush=True,
+            )
+    if args.malloc == "both":
+        print("\ntuned vs glibc thresholds: training peak (MB) and s/step ratio per method")
+        for method in args.methods.split(","):
+            a, b = results.get((method, "tuned"), {}), results.get((method, "glibc"), {})
+            if "train" in a and "train" in b:
+                print(
+                    f"  {method:<14} {a['train'] - b['train']:+6.0f} MB, "
+                    f"{b['s_per_step'] / a['s_per_step']:.2f}x faster tuned"
+                )
+
+
+if __name__ == "__main__":
+    main()
