@@ -280,7 +280,7 @@ def measured(models: list[str], work: Path) -> list[str]:
         for case, extra in RUN_CASES.items():
             overrides = [f"model={model}", *extra, *RUN_COMMON]
             cfg = config.compose(overrides)
-            hw = hardware.resolve(cfg.hardware)
+            hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
             tokens = longest_row(cfg)
             est = plan.estimate(cfg, hw, tokens=tokens).total / plan.GiB
             run_dir = work / f"{model}-{case}"

@@ -105,11 +105,12 @@ def compose(overrides: list[str], config_name: str = "config", **kwargs: Any) ->
         return hydra_compose(config_name=config_name, overrides=overrides, **kwargs)
 
 
-def resolve_hardware(node: DictConfig, overrides: list[str] | None = None):
+def resolve_hardware(node: DictConfig, overrides: list[str] | None = None, frozen_base: bool = True):
     """The run's profile as a typed object: hardware=auto becomes the profile this machine gets, with the
     user's hardware.* overrides applied to it, as if they had asked for it.
 
     `overrides`: the command line's, where no Hydra app is running (an app's own are read from Hydra).
+    `frozen_base`: False for a method that trains every weight (rlhf.hardware.concrete_model_dtype).
     """
     from hydra.core.hydra_config import HydraConfig
 
@@ -119,4 +120,4 @@ def resolve_hardware(node: DictConfig, overrides: list[str] | None = None):
         given = HydraConfig.get().overrides.task if HydraConfig.initialized() else overrides or []
         keys = [o for o in given if o.lstrip("+~").startswith("hardware.")]
         node = compose([f"hardware={hardware.detect()}", *keys]).hardware
-    return hardware.resolve(node)
+    return hardware.resolve(node, frozen_base)

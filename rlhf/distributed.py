@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from rlhf import config
+from rlhf import config, methods
 from rlhf.errors import RUN_START_FILES, Problems
 
 ACCELERATE_FILE = "accelerate.yaml"
@@ -371,7 +371,8 @@ def launch(cfg: DictConfig, overrides: list[str], run_dir: Path) -> int:
     write at start-up and the launch files goes.
     """
     d = cfg.distributed
-    hw = config.resolve_hardware(cfg.hardware, overrides)  # auto -> this machine's profile (imports torch)
+    # auto -> this machine's profile (imports torch)
+    hw = config.resolve_hardware(cfg.hardware, overrides, methods.frozen_base(cfg.method))
     gpus = visible_gpus() if hw.device == "cuda" else 0
     p = Problems()
     check(cfg, hw, p)  # again on the profile auto picked: a GPU profile may quantize

@@ -43,18 +43,29 @@ def lora_merged(model: Any) -> Iterator[None]:
 
     The same function without the adapter's extra matmuls per layer (the tuned model's eval took 1.2x the
     base model's time unmerged). Not on quantized weights, where merging would round; not for prompt tuning.
+    A 16-bit base (bf16 on a CPU, every GPU profile) cannot take the adapter out again exactly (W + BA - BA
+    rounds), so its merged layers' weights are kept aside and put back as they were.
     """
+    import torch
     from peft import LoraConfig, PeftModel
+    from peft.tuners.lora import LoraLayer
 
     mergeable = (
         isinstance(model, PeftModel)
         and all(isinstance(c, LoraConfig) for c in model.peft_config.values())
         and all(p.is_floating_point() for p in model.parameters())
     )
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     if mergeable:
+        for layer in model.modules():
+            weight = getattr(getattr(layer, "base_layer", None), "weight", None)
+            if isinstance(layer, LoraLayer) and weight is not None and weight.element_size() < 4:
+                kept.append((weight.data, weight.data.clone()))
         model.merge_adapter()
     try:
         yield
     finally:
         if mergeable:
             model.unmerge_adapter()
+            for live, original in kept:
+                live.copy_(original)

@@ -101,7 +101,7 @@ class HardwareConfig:
     device: str = MISSING  # cpu | cuda | auto
     precision: str = MISSING  # fp32 | bf16 | fp16 | auto (bf16 where the device has it, else fp32)
     tf32: bool = MISSING
-    model_dtype: str = MISSING  # float32 | bfloat16 | float16: the dtype the weights are loaded in
+    model_dtype: str = MISSING  # float32 | bfloat16 | float16 | auto: the dtype the weights are loaded in
     load_in_4bit: bool = MISSING
     quantize_min_params_b: float = MISSING  # 4-bit only for models at least this large (billions)
     bnb_4bit_quant_type: str = MISSING

@@ -40,7 +40,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         data.load_heldout(cfg.data, dataset, method.DATA_FORMATS, cfg.method.name, cfg.seed)  # and there
         from rlhf import choices, config, evaluate, models, rewards  # torch, transformers: after the checks
 
-        hw = config.resolve_hardware(cfg.hardware)  # auto -> the profile this machine gets; CUDA needs CUDA
+        # auto -> the profile this machine gets; CUDA needs CUDA; a frozen base may load in bf16
+        hw = config.resolve_hardware(cfg.hardware, frozen_base=methods.frozen_base(cfg.method))
         check_resolved_profile(cfg, hw)  # the method x hardware rules again, on the profile auto picked
         choices.check(cfg)  # the libraries' own lists: scheduler, optimizer, loss type, target modules
         # again, now with the model's tokenizer: rows longer than the profile's max_seq_length are truncated

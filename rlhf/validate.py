@@ -89,7 +89,7 @@ def validate(cfg: DictConfig) -> None:
     h = cfg.hardware
     p.one_of("hardware.device", h.device, DEVICES)
     p.one_of("hardware.precision", h.precision, PRECISIONS)
-    p.one_of("hardware.model_dtype", h.model_dtype, DTYPES)
+    p.one_of("hardware.model_dtype", h.model_dtype, (*DTYPES, "auto"))
     p.one_of("hardware.bnb_4bit_compute_dtype", h.bnb_4bit_compute_dtype, DTYPES)
     p.one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
     for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum", "checkpoint_keep"):

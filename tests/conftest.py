@@ -50,11 +50,12 @@ def make_cfg(cache_dir):
 @pytest.fixture(scope="session")
 def tiny(make_cfg):
     """(model, tokenizer) factory for the tiny Llama on the cpu profile: a fresh model each call."""
-    from rlhf import hardware, models
+    from rlhf import hardware, methods, models
 
-    def load(*overrides: str):
+    def load(*overrides: str):  # the dtype the run would load it in: its method may train every weight
         cfg = make_cfg("model=tiny", "hardware=cpu", *overrides)
-        return models.load(cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir)
+        hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
+        return models.load(cfg.model, hw, cfg.cache_dir)
 
     return load
 

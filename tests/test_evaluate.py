@@ -166,8 +166,10 @@ def test_merged_export_is_a_plain_model_equal_to_base_plus_adapter(eval_run):
     assert not (run_dir / "merged" / "adapter_config.json").exists()
     adapter = AutoPeftModelForCausalLM.from_pretrained(run_dir / "model")
     ids = torch.tensor([[1, 5, 9, 13, 17]])
+    # a base loaded in bf16 (a bf16 CPU) is merged and saved in bf16: W + BA rounds to bf16
+    tol = 1e-4 if merged.dtype == torch.float32 else 3e-2
     with torch.no_grad():
-        torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(merged(ids).logits.float(), adapter(ids).logits, atol=tol, rtol=tol)
 
 
 def test_evaluate_again_writes_new_files_and_keeps_the_old(eval_run, cache_dir):
@@ -208,7 +210,7 @@ def test_a_reward_model_run_is_not_handed_to_lm_eval(rlhf_cli, tmp_path):
 def test_lora_is_merged_only_while_scoring_and_gives_the_same_outputs(tiny):
     from peft import LoraConfig, get_peft_model
 
-    model, _ = tiny()
+    model, _ = tiny("hardware.model_dtype=float32")  # the same function exactly (a bf16 base rounds W + BA)
     tuned = get_peft_model(
         model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     )

@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from rlhf import models
+from rlhf import hardware, models
 
 
 def test_tiny_model_is_built_once_and_reused(make_cfg):
@@ -18,14 +18,19 @@ def test_tiny_model_is_built_once_and_reused(make_cfg):
     assert first == second and (models.Path(second) / "model.safetensors").stat().st_mtime_ns == stamp
 
 
-def test_tiny_model_uses_the_committed_tokenizer_and_chat_template(tiny):
+def test_tiny_model_uses_the_committed_tokenizer_and_chat_template(tiny, make_cfg):
     model, tokenizer = tiny()
     assert model.config.vocab_size == len(tokenizer) == 2048
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    assert model.dtype == torch.float32 and model.device.type == "cpu"
+    assert model.device.type == "cpu"
+    # the cpu profile: a frozen base (LoRA, the default) in bf16 where the CPU computes bf16; full fine-tuning
+    # keeps float32 master weights
+    bf16 = hardware.resolve(make_cfg("hardware=cpu").hardware).precision == "bf16"
+    assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert tiny("method=sft")[0].dtype == torch.float32
 
 
 def test_full_model_saves_and_reloads_with_the_same_logits(tiny, tmp_path):
@@ -42,7 +47,7 @@ def test_full_model_saves_and_reloads_with_the_same_logits(tiny, tmp_path):
 def test_lora_adapter_reloads_with_autopeft_and_the_same_logits(tiny, tmp_path):
     from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model
 
-    model, tokenizer = tiny()
+    model, tokenizer = tiny("hardware.model_dtype=float32")  # AutoPeftModel reloads the base in float32
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
     with torch.no_grad():  # a non-zero adapter, so the comparison covers it
         for name, p in peft_model.named_parameters():

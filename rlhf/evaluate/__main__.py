@@ -66,7 +66,7 @@ def load_tuned(run: Path, base_model, cfg: DictConfig, hw):
 
 def main(argv: list[str]) -> None:
     run, cfg = settings(argv)
-    hw = hardware.resolve(cfg.hardware)
+    hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))  # as the run loaded it
     evaluate.check(cfg.eval)
     model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
     base = evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)

@@ -109,6 +109,11 @@ def get(name: str) -> ModuleType:
     return registry()[name]
 
 
+def frozen_base(m) -> bool:
+    """The method node trains an adapter (or a soft prompt) on a frozen base, not every weight."""
+    return get(m.name).adapter_kind(m) is not None
+
+
 def result_keys() -> list[str]:
     """Every method's RESULTS, in registry order, without repeats."""
     return list(dict.fromkeys(key for module in registry().values() for key in module.RESULTS))

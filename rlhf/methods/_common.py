@@ -204,7 +204,10 @@ def callbacks(inputs: Any) -> list:
 
 
 def fit(trainer: Any, inputs: Any):
-    """trainer.train(), from the checkpoint the run resumes from, if any."""
+    """trainer.train(), from the checkpoint the run resumes from, if any, with what trains in float32."""
+    from rlhf.models import upcast_trainable
+
+    upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
     plan = inputs.checkpoints
     resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None
     return trainer.train(resume_from_checkpoint=resume)

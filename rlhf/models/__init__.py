@@ -60,6 +60,24 @@ def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
     return model, tokenizer
 
 
+def upcast_trainable(model) -> int:
+    """An adapter's trainable parameters in float32 on a 16-bit frozen base; the number upcast.
+
+    peft keeps LoRA weights in float32 (autocast_adapter_dtype), but a head it trains whole (a reward model's
+    score, modules_to_save) is copied at the base's dtype, where AdamW's small updates round away. Full
+    fine-tuning (no frozen parameter) is left as the profile loaded it.
+    """
+    import torch
+
+    params = list(model.parameters())
+    if all(p.requires_grad for p in params):
+        return 0
+    low = [p for p in params if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+    for p in low:
+        p.data = p.data.float()
+    return len(low)
+
+
 def count_params(config) -> int:
     """Parameter count from the config alone (the model is built on the meta device: no memory)."""
     return sum(p.numel() for p in meta_model(config).parameters())

@@ -21,7 +21,7 @@ def prepare(argv: list[str]) -> None:
     if cfg.model.source == "pretrained":
         print(f"model={cfg.model.name}: loaded from the hub or a local directory; nothing to prepare")
         return
-    hw = config.resolve_hardware(cfg.hardware, argv)
+    hw = config.resolve_hardware(cfg.hardware, argv, methods.frozen_base(cfg.method))
     cache = Path(cfg.cache_dir).expanduser()
     print(f"model={cfg.model.name}: ready in {local_dir(cfg.model, cache)}")
     method = methods.get(cfg.method.name)

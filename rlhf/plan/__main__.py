@@ -9,7 +9,7 @@ longest row (rlhf.plan.check). Only memory is judged: `python -m rlhf` validates
 
 from __future__ import annotations
 
-from rlhf import cli, config, hardware, plan
+from rlhf import cli, config, hardware, methods, plan
 
 
 def main(argv: list[str]) -> None:
@@ -17,10 +17,11 @@ def main(argv: list[str]) -> None:
     here = cfg.hardware.name == "auto"  # this machine's profile: compared with its own GPU or RAM
     # a named GPU profile is planned for as written, on any machine (no CUDA needed to plan for a T4); a cpu
     # profile's precision auto is this CPU's (bf16 autocast where it computes bf16)
+    frozen = methods.frozen_base(cfg.method)
     if here:
-        hw = config.resolve_hardware(cfg.hardware, argv)
+        hw = config.resolve_hardware(cfg.hardware, argv, frozen)
     elif cfg.hardware.device == "cpu":
-        hw = hardware.resolve(cfg.hardware)
+        hw = hardware.resolve(cfg.hardware, frozen)
     else:
         hw = hardware.typed(cfg.hardware)
     est = plan.estimate(cfg, hw)

@@ -35,7 +35,7 @@ def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
         "method.max_steps=3",
         "method.learning_rate=1e-3",
     )
-    model, tokenizer = tiny()
+    model, tokenizer = tiny("method=dpo", "method.adapter=none")  # float32: every weight trains
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     copies = []
     original = dpo.frozen_copy

@@ -74,7 +74,7 @@ def test_full_kto_trains_every_weight_against_a_frozen_copy(make_cfg, tiny, tmp_
         "model=tiny", "hardware=cpu", "method=kto", "method.adapter=none", "method.max_steps=1",
         "method.warmup_ratio=0", "method.learning_rate=1e-3",
     )  # fmt: skip
-    model, tokenizer = tiny()
+    model, tokenizer = tiny("method=kto", "method.adapter=none")  # float32: every weight trains
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     result = kto.train(make_inputs(cfg, model, tokenizer, unpaired(4), tmp_path))
     trainable, total = models.trainable_parameters(result.model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf import data, generation
@@ -79,10 +80,20 @@ def test_qlora_trains_every_adapter_tensor_on_cpu_even_after_generation(make_cfg
     assert not untrained, untrained
 
 
-def test_sample_generations_run_merged_and_leave_the_adapter_as_it_was(make_cfg, tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize(  # a bf16 base cannot unmerge exactly: its weights are kept aside
+    "profile",
+    [
+        ["hardware.precision=fp32", "hardware.model_dtype=float32"],
+        ["hardware.precision=bf16", "hardware.model_dtype=bfloat16"],
+    ],
+    ids=["float32", "bfloat16"],
+)
+def test_sample_generations_run_merged_and_leave_the_adapter_as_it_was(
+    make_cfg, tiny, tmp_path, monkeypatch, profile
+):
     import contextlib
 
-    cfg, result, _ = run_lora(make_cfg, tiny, tmp_path, "samples.max_new_tokens=6")
+    cfg, result, _ = run_lora(make_cfg, tiny, tmp_path, "samples.max_new_tokens=6", *profile)
     _, tokenizer = tiny()
     weights = {n: p.detach().clone() for n, p in result.model.named_parameters()}
     prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Name a colour."}]]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlhf import models, rewards
+from rlhf import hardware, models, rewards
 from rlhf.methods import rm
 from tests.conftest import make_inputs
 
@@ -23,7 +23,7 @@ def test_reward_model_learns_pairs_and_loads_as_a_reward(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=tiny", "hardware=cpu", "method=rm", "method.max_steps=12", "method.learning_rate=5e-3"
     )
-    model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir, rm.HEAD)
+    model, tokenizer = models.load(cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, rm.HEAD)
     result = rm.train(make_inputs(cfg, model, tokenizer, pairs(16), tmp_path, eval_rows=pairs(8)))
     assert result.extra["heldout_pairwise_accuracy"] == 1.0
 
@@ -38,7 +38,9 @@ def test_full_reward_model_trains_every_weight(make_cfg, tmp_path):
     import torch
 
     cfg = make_cfg("model=tiny", "hardware=cpu", "method=rm", "method.adapter=none", "method.max_steps=2")
-    model, tokenizer = models.load(cfg.model, cfg.hardware, cfg.cache_dir, rm.HEAD)
+    model, tokenizer = models.load(
+        cfg.model, hardware.resolve(cfg.hardware, frozen_base=False), cfg.cache_dir, rm.HEAD
+    )
     head = model.score.weight.detach().clone()
     result = rm.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path))
     assert not torch.equal(head, result.model.score.weight)

@@ -109,7 +109,7 @@ def packed_and_plain(make_cfg, tiny, tmp_path, rows):
     cfg = make_cfg(
         "model=tiny", "hardware=cpu", "method=sft", "method.max_steps=1", "hardware.sft_batch_size=4"
     )
-    model, tokenizer = tiny()
+    model, tokenizer = tiny("method=sft")
     plain = sft.build_trainer(make_inputs(cfg, model, tokenizer, rows, tmp_path / "plain"))
     packed = sft.build_trainer(make_inputs(cfg, model, tokenizer, rows, tmp_path / "packed", packing=True))
     return model, plain, packed
