@@ -67,5 +67,8 @@ bench-packing: $(STAMP) ## SFT tokens/s with and without data.packing=true on th
 bench-plan: $(STAMP) ## the memory plan's estimate vs published peak memory (GPU) and measured peak RSS (this CPU)
 	$(PY) bench/plan_estimate.py
 
+bench-footprint: $(STAMP) ## peak memory of each method's training on the embedded model beside s/step, malloc tuning on and off
+	$(PY) bench/footprint.py
+
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

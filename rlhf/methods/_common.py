@@ -160,6 +160,9 @@ def eval_args(inputs: Any, batch: tuple[int, int]) -> dict[str, Any]:
         "eval_strategy": "steps" if steps else "no",
         "eval_steps": steps or None,
         "per_device_eval_batch_size": batch[0],
+        # the loss and the trainer's own metrics only: otherwise the eval loop keeps every batch's logits
+        # (rows x tokens x vocabulary) until the held-out set is done
+        "prediction_loss_only": True,
     }
 
 
