@@ -2,8 +2,11 @@
 
     .venv/bin/python bench/ppo.py [steps] [ppo|grpo ...]          (make bench-ppo)
 
-For each method: the keyword success rate and seconds of every rollout (from metrics.jsonl), peak memory,
-and the success rate of 90 fresh samples (30 per query, temperature 1, 10 new tokens) from the saved model.
+For each method: the keyword success rate and seconds of every rollout (from metrics.jsonl), the first
+rollout at >= 0.95 and the seconds to it, the peak memory of training alone (summary.json's
+peak_rss_mb_by_stage) and of the whole run, and the success rate of 90 fresh samples (30 per query,
+temperature 1, 10 new tokens) from the saved model. GRPO runs with num_iterations=4 (4 updates per rollout,
+like PPO's ppo_epochs). Then where a PPO rollout's time goes (metrics.jsonl's time/<phase>_s).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ WORDS = re.compile(r"\b(" + "|".join(map(re.escape, RewardConfig().words)) + r")
 QUERIES = ["I feel so", "This makes me", "I am really"]
 RUNS = {
     "ppo": ["experiment=ppo-positive"],
-    "grpo": ["method=grpo", "data=sentiment-prompts", "reward=keyword"],
+    "grpo": ["method=grpo", "data=sentiment-prompts", "reward=keyword", "method.num_iterations=4"],
 }
 
 
@@ -86,26 +89,46 @@ def main() -> None:
         results[name] = {
             "success": success,
             "seconds": seconds,
+            "rows": rows,
             "peak_rss_mb": summary["peak_rss_mb"],
+            "train_mb": summary.get("peak_rss_mb_by_stage", {}).get("train", float("nan")),
             "fresh": fresh_success(run_dir / "model"),
         }
 
     print(f"\nseed 000 on smollm2-135m, {steps} rollouts of 10 completions, LoRA r16, 10 new tokens")
-    print(
-        f"{'method':<6} {'success per rollout (every 5th)':<44} {'s/rollout':>9} {'peak MB':>8} {'90 fresh':>9}"
-    )
+    header = f"{'method':<6} {'success per rollout (every 5th)':<40} {'first>=.95':>10} {'s to it':>8}"
+    print(header + f" {'s/rollout':>9} {'train MB':>8} {'run MB':>7} {'90 fresh':>9}")
+    to_target = {}
     for name, r in results.items():
         trace = " ".join(f"{s:.2f}" for s in r["success"][::5])
         mean_s = sum(r["seconds"]) / max(len(r["seconds"]), 1)
-        print(f"{name:<6} {trace:<44} {mean_s:>9.1f} {r['peak_rss_mb']:>8.0f} {r['fresh']:>9.2f}")
-    first = {
-        name: next((i + 1 for i, s in enumerate(r["success"]) if s >= 0.95), None)
-        for name, r in results.items()
-    }
-    print("first rollout with success >= 0.95:", first)
+        first = next((i + 1 for i, s in enumerate(r["success"]) if s >= 0.95), None)
+        to_target[name] = sum(r["seconds"][:first]) if first else None
+        reach = f"{to_target[name]:.0f}" if first else "-"
+        print(
+            f"{name:<6} {trace:<40} {first or '-':>10} {reach:>8} {mean_s:>9.1f} {r['train_mb']:>8.0f}"
+            f" {r['peak_rss_mb']:>7.0f} {r['fresh']:>9.2f}"
+        )
     if {"ppo", "grpo"} <= results.keys():
         ratio = sum(results["ppo"]["seconds"]) / sum(results["grpo"]["seconds"])
         print(f"ppo / grpo seconds per rollout: {ratio:.2f}")
+        if to_target["ppo"] and to_target["grpo"]:
+            print(
+                f"ppo / grpo seconds to the first >= 0.95: {to_target['ppo'] / to_target['grpo']:.2f} (target <= 0.7)"
+            )
+        print(
+            f"ppo / grpo training peak: {results['ppo']['train_mb'] / results['grpo']['train_mb']:.2f} (target <= 1.2)"
+        )
+    if "ppo" in results:  # where a rollout's time goes
+        phases = sorted({k for row in results["ppo"]["rows"] for k in row if k.startswith("time/")})
+        rows = results["ppo"]["rows"]
+        total = sum(r["step_time"] for r in rows)
+        print("ppo, seconds per rollout by phase (mean over rollouts, share of the rollout):")
+        for key in phases:
+            spent = sum(r.get(key, 0.0) for r in rows)
+            print(
+                f"  {key.removeprefix('time/').removesuffix('_s'):<16} {spent / len(rows):6.2f} s  {spent / total:5.1%}"
+            )
 
 
 if __name__ == "__main__":

@@ -87,7 +87,9 @@ def train(inputs: Inputs) -> Result:
         batch_prompts = [prompts[((step - 1) * m.batch_size + i) % len(prompts)] for i in range(m.batch_size)]
         with accelerator.autocast():  # the policy and reference passes in the same precision: KL starts at 0
             rollout = make_rollout(unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value)
+        t_opt = time.perf_counter()
         stats = optimise(model, optimizer, accelerator, rollout, m)
+        stats["time/ppo_epochs_s"] = time.perf_counter() - t_opt
         if m.adaptive_kl:
             kl_ctl.update(rollout["kl"], m.batch_size)
 
@@ -183,12 +185,26 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
     return payload
 
 
+class PhaseClock:
+    """Seconds per phase of a rollout (`time/<phase>_s` in metrics.jsonl): where a rollout's time goes."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[f"time/{phase}_s"] = now - self.last
+        self.last = now
+
+
 @torch.no_grad()
 def make_rollout(
     model: PolicyWithValue, tokenizer, prompts: list, m, rewards: list, kl_coef: float
 ) -> dict[str, Any]:
     """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns)."""
     model.eval()
+    clock = PhaseClock()
     query = encode_chat_prompts(tokenizer, prompts, model.policy.device)
     generated = model.policy.generate(
         **query,
@@ -200,6 +216,7 @@ def make_rollout(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    clock.lap("generate")
     q_len = query["input_ids"].shape[1]
     response = generated[:, q_len:]
     response_mask = response_mask_until_eos(response, tokenizer.eos_token_id)
@@ -209,6 +226,7 @@ def make_rollout(
 
     scores, parts = reward_group.total(rewards, prompts, completions)
     scores = torch.tensor(scores, dtype=torch.float32, device=response.device)
+    clock.lap("score")
 
     input_ids = torch.cat([query["input_ids"], response], dim=1)
     attention_mask = torch.cat([query["attention_mask"], response_mask], dim=1)
@@ -217,6 +235,7 @@ def make_rollout(
     logits, values = model(input_ids, attention_mask, position_ids, response_len)
     logprobs = response_logprobs(logits, response, m.temperature)
     values = values.float()
+    clock.lap("policy_pass")
     with model.policy.disable_adapter():  # the reference: the same weights without the adapter
         ref = model.policy(
             input_ids=input_ids,
@@ -225,6 +244,7 @@ def make_rollout(
             logits_to_keep=response_len + 1,
         )
     ref_logprobs = response_logprobs(ref.logits[:, :-1], response, m.temperature)
+    clock.lap("reference_pass")
 
     mask = response_mask.float()
     token_rewards, kl = core.token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
@@ -243,6 +263,7 @@ def make_rollout(
         "response_length": mask.sum(dim=1).mean().item(),
         "response_truncated_share": (mask.sum(dim=1) >= m.max_new_tokens).float().mean().item(),
         "explained_variance": core.explained_variance(values, returns, mask).item(),
+        **clock.seconds,
     }
     if "keyword" in parts:
         stats["success_rate"] = sum(v > 0 for v in parts["keyword"]) / len(parts["keyword"])
