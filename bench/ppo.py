@@ -26,9 +26,15 @@ from rlhf.schema import RewardConfig  # noqa: E402
 # the keyword reward's words (seed 000's list), read from their one home
 WORDS = re.compile(r"\b(" + "|".join(map(re.escape, RewardConfig().words)) + r")\b", re.IGNORECASE)
 QUERIES = ["I feel so", "This makes me", "I am really"]
+GRPO_ITERATIONS = 4  # updates per generation: a rollout of GRPO is this many optimizer steps
 RUNS = {
     "ppo": ["experiment=ppo-positive"],
-    "grpo": ["method=grpo", "data=sentiment-prompts", "reward=keyword", "method.num_iterations=4"],
+    "grpo": [
+        "method=grpo",
+        "data=sentiment-prompts",
+        "reward=keyword",
+        f"method.num_iterations={GRPO_ITERATIONS}",
+    ],
 }
 
 
@@ -74,18 +80,23 @@ def main() -> None:
             "-m",
             "rlhf",
             *overrides,
-            f"method.max_steps={steps}",
+            # the same number of rollouts: GRPO generates once every num_iterations optimizer steps
+            f"method.max_steps={steps * (GRPO_ITERATIONS if name == 'grpo' else 1)}",
             f"hydra.run.dir={run_dir}",
         ]
         subprocess.run(cmd, cwd=ROOT, check=True)
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((run_dir / "summary.json").read_text())
-        if name == "ppo":
+        if name == "ppo":  # one row per rollout (the held-out rows and alarms have no success_rate)
+            rows = [r for r in rows if "success_rate" in r]
             success = [r["success_rate"] for r in rows]
             seconds = [r["step_time"] for r in rows]
         else:  # TRL logs the mean keyword reward in [-1, 1]: success = (mean + 1) / 2
             success = [(r["rewards/keyword/mean"] + 1) / 2 for r in rows if "rewards/keyword/mean" in r]
-            seconds = [r["step_time"] for r in rows if "step_time" in r]
+            steps_s = [
+                r["step_time"] for r in rows if "step_time" in r
+            ]  # a rollout: its num_iterations steps
+            seconds = [sum(steps_s[i : i + GRPO_ITERATIONS]) for i in range(0, len(steps_s), GRPO_ITERATIONS)]
         results[name] = {
             "success": success,
             "seconds": seconds,

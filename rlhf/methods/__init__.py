@@ -110,8 +110,10 @@ def get(name: str) -> ModuleType:
 
 
 def frozen_base(m) -> bool:
-    """The method node trains an adapter (or a soft prompt) on a frozen base, not every weight."""
-    return get(m.name).adapter_kind(m) is not None
+    """The method node trains an adapter (or a soft prompt) on a frozen base that may load in 16 bits
+    (rlhf.hardware.concrete_model_dtype); a module that measured worse that way sets BASE_16BIT = False."""
+    module = get(m.name)
+    return module.adapter_kind(m) is not None and getattr(module, "BASE_16BIT", True)
 
 
 def result_keys() -> list[str]:
