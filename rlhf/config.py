@@ -110,7 +110,8 @@ def resolve_hardware(node: DictConfig, overrides: list[str] | None = None, froze
     user's hardware.* overrides applied to it, as if they had asked for it.
 
     `overrides`: the command line's, where no Hydra app is running (an app's own are read from Hydra).
-    `frozen_base`: False for a method that trains every weight (rlhf.hardware.concrete_model_dtype).
+    `frozen_base`: rlhf.methods.frozen_base of the run's method, False where the base must stay float32
+    (full fine-tuning, our PPO); see rlhf.hardware.concrete_model_dtype.
     """
     from hydra.core.hydra_config import HydraConfig
 

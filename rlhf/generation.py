@@ -44,7 +44,8 @@ def lora_merged(model: Any) -> Iterator[None]:
     The same function without the adapter's extra matmuls per layer (the tuned model's eval took 1.2x the
     base model's time unmerged). Not on quantized weights, where merging would round; not for prompt tuning.
     A 16-bit base (bf16 on a CPU, every GPU profile) cannot take the adapter out again exactly (W + BA - BA
-    rounds), so its merged layers' weights are kept aside and put back as they were.
+    rounds), so its merged layers' weights are kept aside in host memory (not on the GPU, where a copy of a
+    7B model's layers would not fit beside it) and put back as they were.
     """
     import torch
     from peft import LoraConfig, PeftModel
@@ -60,7 +61,7 @@ def lora_merged(model: Any) -> Iterator[None]:
         for layer in model.modules():
             weight = getattr(getattr(layer, "base_layer", None), "weight", None)
             if isinstance(layer, LoraLayer) and weight is not None and weight.element_size() < 4:
-                kept.append((weight.data, weight.data.clone()))
+                kept.append((weight.data, weight.data.to("cpu", copy=True)))
         model.merge_adapter()
     try:
         yield

@@ -24,7 +24,8 @@ def resolve(node: DictConfig, frozen_base: bool = True) -> HardwareConfig:
 
     `node` is a concrete profile (rlhf.config.resolve_hardware picks one for hardware=auto); a CUDA
     profile needs CUDA. `frozen_base`: the base weights do not train (an adapter does, or nothing trains:
-    evaluation, generation); False for full fine-tuning. See `concrete_model_dtype`.
+    evaluation, generation) and may load in 16 bits; False for full fine-tuning and for a method that keeps
+    a float32 base (rlhf.methods.frozen_base). See `concrete_model_dtype`.
     """
     import torch
 
