@@ -114,6 +114,11 @@ class HardwareConfig:
     gradient_checkpointing: bool = MISSING
     optim: str = MISSING
     max_seq_length: int = MISSING
+    # TRL's fused LM head (sft, lora, dpo, kto, grpo, rloo) scores log-probs in tiles of tokens x vocabulary
+    # entries; 0: TRL's own (4096 x 32768, sized for a GPU's fused kernel). Where no Triton kernel runs (a CPU),
+    # each tile's float32 temporaries are what training's peak is made of: the cpu profile sets small tiles.
+    head_tile_tokens: int = 0
+    head_tile_vocab: int = 0
     # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
     # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.
     memory_gb: float | None = MISSING

@@ -94,6 +94,8 @@ def validate(cfg: DictConfig) -> None:
     p.one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
     for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum", "checkpoint_keep"):
         p.positive(f"hardware.{key}", h[key], "4")
+    for key in ("head_tile_tokens", "head_tile_vocab"):
+        p.check(h[key] >= 0, f"hardware.{key}", h[key], "must be >= 0", "use 0 (TRL's tile) or e.g. 256")
     p.check(
         h.max_seq_length >= 16, "hardware.max_seq_length", h.max_seq_length, "must be >= 16", "use e.g. 512"
     )

@@ -243,6 +243,11 @@ CASES = [
         "monitor.rules.mine: Key 'conditio' not in 'MonitorRule'; fix: a rule has the keys signal, condition",
     ),
     (
+        "negative-lm-head-tile",
+        lambda t: ["hardware.head_tile_tokens=-256"],
+        "hardware.head_tile_tokens=-256: must be >= 0; fix: use 0 (TRL's tile) or e.g. 256",
+    ),
+    (
         "merge-without-lora",
         lambda t: ["method=prompt-tuning", "export.merge=true"],
         "export.merge=true: method=prompt-tuning trains no LoRA adapter to merge",

@@ -211,9 +211,29 @@ def fit(trainer: Any, inputs: Any):
     from rlhf.models import upcast_trainable
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
+    head_tiles(inputs.hardware)
     plan = inputs.checkpoints
     resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None
     return trainer.train(resume_from_checkpoint=resume)
+
+
+def head_tiles(hw: Any) -> tuple[int, int]:
+    """Set the tile of TRL's fused LM head (tokens, vocabulary entries) to the profile's; the tile in force.
+
+    TRL scores log-probs without the full logits: one matmul tile at a time, folded by a Triton kernel on a
+    GPU. Without Triton (a CPU) the fold is plain torch, and every step of it makes a float32 copy of the
+    tile: at TRL's 4096 x 32768 a DPO step on SmolLM2-135M held ~1 GB of them (bench/footprint.py). The sizes
+    are module constants that TRL reads at each call (trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE,
+    trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE); 0 in the profile leaves TRL's.
+    """
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as utils
+
+    if hw.head_tile_tokens > 0:
+        kernel.TOKEN_CHUNK_SIZE = hw.head_tile_tokens
+    if hw.head_tile_vocab > 0:
+        utils._CHUNKED_LOGPROB_CHUNK_SIZE = hw.head_tile_vocab
+    return kernel.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE
 
 
 def checkpoint_callback(inputs: Any):

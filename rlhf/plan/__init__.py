@@ -329,12 +329,17 @@ def logit_bytes(m: int) -> int:
 # TRL's trainers (sft, dpo, kto, grpo, rloo; TRL 1.16) score the LM head with a fused, tiled log-prob kernel
 # (trl/kernels/chunked_logprob.py): the positions x vocabulary logits never exist, only a tile of at most 4096
 # positions x 32768 vocabulary entries (its matmul buffer, and as much in float32 temporaries), the head's input
-# and its float32 gradient; where the head trains (full fine-tuning), its float32 weight gradient too.
+# and its float32 gradient; where the head trains (full fine-tuning), its float32 weight gradient too. A profile
+# may set a smaller tile (hardware.head_tile_tokens / head_tile_vocab: the cpu profile's 256 x 4096).
 HEAD_TILE = (4096, 32768)
 
 
-def head_bytes(s: Shape, positions: int, m: int, head_trains: bool) -> float:
-    tile = min(positions, HEAD_TILE[0]) * min(s.vocab, HEAD_TILE[1]) * (m + 4)
+def head_tile(hw: HardwareConfig) -> tuple[int, int]:
+    return hw.head_tile_tokens or HEAD_TILE[0], hw.head_tile_vocab or HEAD_TILE[1]
+
+
+def head_bytes(s: Shape, positions: int, m: int, head_trains: bool, tile_shape: tuple[int, int]) -> float:
+    tile = min(positions, tile_shape[0]) * min(s.vocab, tile_shape[1]) * (m + 4)
     return tile + positions * s.hidden * (m + 4) + (s.vocab * s.hidden * 4 if head_trains else 0)
 
 
@@ -551,8 +556,9 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         out.append(
             Term(
                 "LM head (tiled)",
-                head_bytes(shape, positions, mm, w.trains == "full"),
-                f"TRL's fused log-probs: tiles of {min(positions, HEAD_TILE[0])} x {min(shape.vocab, HEAD_TILE[1]):,} "
+                head_bytes(shape, positions, mm, w.trains == "full", head_tile(hw)),
+                f"TRL's fused log-probs: tiles of {min(positions, head_tile(hw)[0])} x "
+                f"{min(shape.vocab, head_tile(hw)[1]):,} "
                 "vocab, never the full logits",
                 "train",
             )

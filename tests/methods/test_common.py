@@ -69,3 +69,54 @@ def test_loss_types_are_read_from_trls_own_configs():
     dpo = field_choices(DPOConfig, "loss_type")
     assert {"sigmoid", "ipo", "hinge", "robust"} <= set(dpo) and "dapo" not in dpo
     assert {"grpo", "dr_grpo", "dapo", "bnpo"} <= set(field_choices(GRPOConfig, "loss_type"))
+
+
+def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkeypatch):
+    """TRL's fused LM head makes float32 copies of each tile where no Triton kernel runs: the cpu profile's
+    tile bounds the largest tensor of a forward and backward, and the log-probs and gradients are TRL's."""
+    import torch
+    import trl.kernels.chunked_logprob as kernel
+    import trl.trainer.utils as utils
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rlhf.methods._common import head_tiles
+
+    # restored after the test: head_tiles sets TRL's module constants for the process
+    monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", kernel.TOKEN_CHUNK_SIZE)
+    monkeypatch.setattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=8192, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    model = LlamaForCausalLM(config)
+    add_fused_lm_head(model)
+    ids = torch.randint(0, 8192, (2, 300))
+
+    def run():
+        model.zero_grad()
+        with Largest() as largest:
+            out = model(input_ids=ids, labels=ids, fused_lm_head=True)
+            out.loss.backward()
+        return out.log_probs.detach(), model.lm_head.weight.grad.clone(), largest.numel
+
+    logp_trl, grad_trl, numel_trl = run()  # TRL's tile: every position x 8192 entries at once
+    hw = hardware.resolve(make_cfg("hardware=cpu").hardware)
+    assert head_tiles(hw) == (hw.head_tile_tokens, hw.head_tile_vocab) == (256, 4096)
+    logp, grad, numel = run()
+    assert numel_trl >= 2 * 299 * 8192
+    assert numel <= max(256 * 4096, 8192 * 32)  # a tile, or the head's own weight (its gradient)
+    torch.testing.assert_close(logp, logp_trl)
+    torch.testing.assert_close(grad, grad_trl, rtol=1e-4, atol=1e-6)
