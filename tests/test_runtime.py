@@ -46,3 +46,23 @@ def test_stage_peaks_tell_a_stages_peak_from_an_earlier_ones():
     assert first - second > 200, peaks.peaks  # the second stage's peak is not the first one's
     assert peaks.peaks == {"big": round(first, 1), "small": round(second, 1)}
     assert peaks.peak_mb() >= round(first, 1)  # the run's peak still counts the first stage
+
+
+@pytest.mark.parametrize(("already", "expected"), [(None, runtime.ONEDNN_CACHE), ("512", "512")])
+def test_run_processes_bound_onednns_primitive_cache_unless_the_user_set_it(already, expected):
+    """Read by oneDNN when it first runs: a run's process (and every process it launches) starts with it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if already:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = already
+    code = (
+        "from rlhf import runtime; runtime.startup(); import os, subprocess, sys; "
+        "print(subprocess.run([sys.executable, '-c', "
+        "'import os; print(os.environ[\"ONEDNN_PRIMITIVE_CACHE_CAPACITY\"])'], "
+        "capture_output=True, text=True).stdout.strip())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
