@@ -141,6 +141,27 @@ def run_rlhf(cache_dir):
     return run
 
 
+@contextlib.contextmanager
+def largest_tensor(floating_only: bool = False):
+    """Counts the elements of the largest tensor any torch op creates inside the block: `.numel` of what
+    it yields."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor) and (t.is_floating_point() or not floating_only):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    with Largest() as seen:
+        yield seen
+
+
 class Rows:
     """A metrics sink that keeps the rows in memory (what rlhf.metrics.MetricsFile also writes to a file)."""
 

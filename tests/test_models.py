@@ -8,6 +8,7 @@ import re
 import torch
 
 from rlhf import hardware, models
+from tests.conftest import largest_tensor
 
 
 def test_tiny_model_is_built_once_and_reused(make_cfg):
@@ -103,32 +104,21 @@ def test_prepare_caches_what_the_run_computes_about_its_base(make_cfg, rlhf_cli,
 def test_generating_from_a_frozen_model_never_expands_the_lm_head_per_row(tiny):
     """The prefill scores the last position only (a strided slice); without a contiguous head input, torch's
     matmul by a frozen weight expands the weight per row (batch x vocabulary x hidden elements)."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor):
-                    self.numel = max(self.numel, t.numel())
-            return out
-
     model, tokenizer = tiny()
     model.requires_grad_(False).eval()  # a frozen base, as the eval stage and rollouts have it
     head = model.get_output_embeddings().weight
     rows, prompt = 8, torch.randint(5, 100, (8, 12))
 
-    def largest_tensor() -> int:
-        with torch.no_grad(), Largest() as seen:
+    def largest_in_generate() -> int:
+        with torch.no_grad(), largest_tensor() as seen:
             model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2,
                            do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
         return seen.numel
 
     expanded = rows * head.numel()
-    assert largest_tensor() < expanded / 4
+    assert largest_in_generate() < expanded / 4
     for hook in list(model.get_output_embeddings()._forward_pre_hooks):  # the same model without the fix
         model.get_output_embeddings()._forward_pre_hooks.pop(hook)
-    assert largest_tensor() >= expanded, "torch no longer expands the weight: the hook may be unnecessary"
+    assert largest_in_generate() >= expanded, (
+        "torch no longer expands the weight: the hook may be unnecessary"
+    )

@@ -553,12 +553,12 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
     out.append(Term("activations", acts, f"{rows_how} rows x {w.tokens} tokens; {acts_how}", "train"))
     if w.head == "causal-lm" and w.fused_head:
         positions = w.rows * w.logit_tokens
+        tile = head_tile(hw)
         out.append(
             Term(
                 "LM head (tiled)",
-                head_bytes(shape, positions, mm, w.trains == "full", head_tile(hw)),
-                f"TRL's fused log-probs: tiles of {min(positions, head_tile(hw)[0])} x "
-                f"{min(shape.vocab, head_tile(hw)[1]):,} "
+                head_bytes(shape, positions, mm, w.trains == "full", tile),
+                f"TRL's fused log-probs: tiles of {min(positions, tile[0])} x {min(shape.vocab, tile[1]):,} "
                 "vocab, never the full logits",
                 "train",
             )

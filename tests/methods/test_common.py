@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from rlhf import hardware
 from rlhf.methods import RunInfo
 from rlhf.methods._common import field_choices, profile_batch, trainer_args
+from tests.conftest import largest_tensor
 
 # profile -> (bf16, fp16, batch, accumulation, checkpointing, optimizer, max length)
 EXPECTED = {
@@ -77,7 +78,6 @@ def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkey
     import torch
     import trl.kernels.chunked_logprob as kernel
     import trl.trainer.utils as utils
-    from torch.utils._python_dispatch import TorchDispatchMode
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
@@ -86,16 +86,6 @@ def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkey
     # restored after the test: head_tiles sets TRL's module constants for the process
     monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", kernel.TOKEN_CHUNK_SIZE)
     monkeypatch.setattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", utils._CHUNKED_LOGPROB_CHUNK_SIZE)
-
-    class Largest(TorchDispatchMode):
-        numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
-                    self.numel = max(self.numel, t.numel())
-            return out
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -107,7 +97,7 @@ def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkey
 
     def run():
         model.zero_grad()
-        with Largest() as largest:
+        with largest_tensor(floating_only=True) as largest:
             out = model(input_ids=ids, labels=ids, fused_lm_head=True)
             out.loss.backward()
         return out.log_probs.detach(), model.lm_head.weight.grad.clone(), largest.numel
