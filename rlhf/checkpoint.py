@@ -130,6 +130,31 @@ class Plan:
         """Whether training ends after the step just finished: a signal or a monitor's stop, at a boundary."""
         return (self.stopping or self.halt is not None) and step % self.boundary == 0
 
+    def agree(self) -> None:
+        """Under several processes, make every rank take the same decision at this step boundary: a
+        checkpoint, a monitor's stop or a signal that any one rank has is taken by all of them.
+
+        Each rank's monitor sees its own logs (our PPO's rollout statistics differ per rank; a TRL trainer
+        logs on rank 0 only) and a scheduler may signal one process: a rank that stopped alone would leave the
+        others waiting in their next collective for ever. Every rank must call this at the same points (one
+        small all-reduce); with one process it does nothing.
+        """
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        own = [int(self.wanted), int(self.halt is not None), (self.stop.signal or 0) if self.stop else 0]
+        flags = torch.tensor(own, dtype=torch.int64, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        wanted, halt, signum = (int(v) for v in flags.tolist())
+        self.wanted = bool(wanted)
+        if halt and self.halt is None:
+            self.halt = "a monitor rule's stop on another process (that process's log has the rule)"
+        if signum and self.stop is not None and self.stop.signal is None:
+            self.stop.signal = signum  # stop, checkpoint and exit as the signalled process does
+
     @property
     def stopping(self) -> bool:
         """A signal asked the run to stop (it exits 128 + n, to be resumed); a monitor's stop is `halt`."""

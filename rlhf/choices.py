@@ -1,6 +1,6 @@
 """The values whose valid choices a library owns, checked before any weights load: the learning-rate
-scheduler and the optimizer (transformers' own lists), a method's loss type (its trainer's config), and
-LoRA's target modules (the model's module names, from its config on the meta device).
+scheduler, the optimizer and the attention kernel (transformers' own lists), a method's loss type (its trainer's
+config), and LoRA's target modules (the model's module names, from its config on the meta device).
 
 The lists are read from the installed libraries, never copied. This runs after `validate` (it imports
 transformers) and, like it, reports every problem at once.
@@ -28,6 +28,7 @@ def optimizers() -> list[str]:
 
 def check(cfg: DictConfig) -> None:
     p = Problems()
+    p.one_of("model.attn_implementation", cfg.model.attn_implementation, models.attention_kernels())
     m = cfg.method
     method = methods.get(m.name)
     p.one_of("method.lr_scheduler_type", m.lr_scheduler_type, schedulers())

@@ -28,6 +28,8 @@ class ModelConfig:
     install_hint: str = ""  # the command that installs `path` when source=gguf
     revision: str = "main"
     trust_remote_code: bool = False
+    # transformers' attention kernel (TRL's ModelConfig.attn_implementation): sdpa, eager, flash_attention_2, ...
+    attn_implementation: str = "sdpa"
     # the numbers of the model's config.json (hidden_size, num_hidden_layers, vocab_size, ...):
     # - tiny: what its random Llama is built from (vocab_size comes from the tokenizer);
     # - pretrained / gguf: what `python -m rlhf.plan` sizes the model from without its files, copied from the

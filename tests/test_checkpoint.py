@@ -227,3 +227,58 @@ def test_a_resumed_run_continues_its_wandb_run(rlhf_cli, tmp_path):
     assert len(segments) == 2 and len({p.name.rsplit("-", 1)[1] for p in segments}) == 1  # one run id
     run_id = segments[0].name.rsplit("-", 1)[1]
     assert f"wandb sync {run_dir}/wandb/offline-run-*-{run_id}" in resumed.stdout
+
+
+def _agree_on_two_ranks(rank: int, port: int, wants: list[dict], out: Path) -> None:
+    """One rank of test_the_ranks_agree_to_save_and_stop_when_any_one_asks: set what this rank alone saw,
+    agree, and write what the plan decided."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        decided = []
+        for want in wants:
+            plan = checkpoint.Plan(run_dir=out, every=0, keep=1, at_end=False, stop=checkpoint.StopRequest())
+            plan.wanted = want["wanted"][rank]
+            plan.halt = "length_hacking: above 0.9" if want["halt"][rank] else None
+            plan.stop.signal = want["signal"][rank]
+            plan.agree()
+            decided.append(
+                {"due": plan.due(5, last=False), "ends": plan.ends_here(5), "halt": plan.halt}
+                | {"signal": plan.stop.signal}
+            )
+        (out / f"rank{rank}.json").write_text(json.dumps(decided))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_ranks_agree_to_save_and_stop_when_any_one_asks(tmp_path):
+    """Only rank 0's monitor sees a TRL trainer's logs, our PPO's ranks see their own rollouts, and a scheduler
+    may signal one process: a stop or checkpoint that one rank has is taken by every rank at the same step (a
+    rank that stopped alone would leave the others waiting in their next collective)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    none = {"wanted": [False, False], "halt": [False, False], "signal": [None, None]}
+    wants = [
+        none,  # nothing on either rank: nothing on either
+        {**none, "halt": [False, True]},  # rank 1's monitor stops the run
+        {**none, "wanted": [True, False]},  # rank 0's monitor asks for a checkpoint
+        {**none, "signal": [None, int(signal.SIGTERM)]},  # SIGTERM reached rank 1 only
+    ]
+    mp.spawn(_agree_on_two_ranks, args=(port, wants, tmp_path), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert [(d["due"], d["ends"]) for d in r] == [
+            (False, False),
+            (True, True),
+            (True, False),
+            (True, True),
+        ]
+        assert r[3]["signal"] == signal.SIGTERM  # both exit as the signalled process does: 128 + 15
+    assert ranks[1][1]["halt"].startswith("length_hacking")  # its own reason where it fired
+    assert "another process" in ranks[0][1]["halt"]  # and a pointer to it elsewhere

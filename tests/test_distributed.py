@@ -281,6 +281,23 @@ def test_ddp_runs_the_rl_methods_on_two_processes(run_rlhf, tmp_path, method):
 
 
 @pytest.mark.slow
+def test_a_monitor_stop_on_rank_0_ends_every_rank_at_the_same_step(run_rlhf, tmp_path):
+    """A TRL trainer logs on rank 0 only, so only rank 0's monitor sees the rule fire at step 2: the ranks
+    agree at the step boundary, both save and stop there, and the run ends cleanly (before, rank 1 trained on
+    alone and the launch hung in its next collective)."""
+    run = tmp_path / "run"
+    out = two_processes(
+        run_rlhf, run, "model=tiny", "hardware=cpu", "eval=none", "logger=none", "method=grpo",
+        "method.max_steps=6", "checkpoint.every=0",
+        "+monitor.rules.stop_now={signal:response_length,condition:above,value:0,window:2,action:stop}",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"]["rule"] == "stop_now" and summary["stopped_early"]["step"] == 2
+    assert summary["steps"] == 2 and (run / "checkpoints" / "step-2").is_dir()
+
+
+@pytest.mark.slow
 def test_a_sweeps_job_with_a_preset_launches_its_own_processes(run_rlhf, tmp_path):
     """-m: the job's task function relaunches it through accelerate inside its own directory (as a Slurm job
     with N GPUs would), and the sweeper gets its optimize_metric."""

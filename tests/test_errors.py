@@ -194,6 +194,11 @@ CASES = [
         "all-linear or names of its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj",
     ),
     (
+        "unknown-attention-kernel",
+        lambda t: ["model=tiny", f"cache_dir={t / 'cache'}", "model.attn_implementation=flash"],
+        "model.attn_implementation=flash: unknown value; fix: choose one of: eager, ",
+    ),
+    (
         "rejected-by-the-trainer",  # transformers' own rule, met when the trainer is built
         lambda t: [
             "model=tiny",
@@ -308,3 +313,18 @@ def test_a_real_process_exits_2_with_one_line(run_rlhf, tmp_path):
     assert out.stderr.splitlines() == [
         "error: method.lora_dropout=1.5: must be in [0, 1); fix: use e.g. 0.05",
     ]
+
+
+def test_an_attention_kernel_this_machine_lacks_ends_with_one_line(rlhf_cli, tmp_path):
+    """flash_attention_2 is one of transformers' kernels, but its package is not installed here (and it
+    needs a GPU): transformers refuses while loading, and the run says so in one line with the fix."""
+    run_dir = tmp_path / "run"
+    out = rlhf_cli("model=tiny", "model.attn_implementation=flash_attention_2", "eval=none",
+                   f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith("error: model.attn_implementation=flash_attention_2: cannot be used here (")
+    assert error.endswith(
+        "fix: model.attn_implementation=sdpa (every device), or install the kernel's package"
+    )
+    assert not run_dir.exists()

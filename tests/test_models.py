@@ -122,3 +122,30 @@ def test_generating_from_a_frozen_model_never_expands_the_lm_head_per_row(tiny):
     assert largest_in_generate() >= expanded, (
         "torch no longer expands the weight: the hook may be unnecessary"
     )
+
+
+def test_the_attention_kernel_is_the_configured_one_and_scores_the_same(tiny):
+    """model.attn_implementation reaches transformers: an eager model runs eager attention (no SDPA call)
+    and scores a left-padded batch as the default SDPA model does."""
+    sdpa, tokenizer = tiny("hardware.model_dtype=float32")
+    eager, _ = tiny("hardware.model_dtype=float32", "model.attn_implementation=eager")
+    assert (sdpa.config._attn_implementation, eager.config._attn_implementation) == ("sdpa", "eager")
+    tokenizer.padding_side = "left"
+    batch = tokenizer(
+        ["a short one", "and a rather longer second prompt here"], return_tensors="pt", padding=True
+    )
+    calls = []
+    original = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: (
+            calls.append(1) or original(*a, **k)
+        )
+        try:
+            eager_logits = eager(**batch).logits
+            assert not calls  # eager attention never goes through SDPA
+            sdpa_logits = sdpa(**batch).logits
+            assert calls  # and the default does
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = original
+    keep = batch["attention_mask"].bool()
+    assert torch.allclose(eager_logits[keep], sdpa_logits[keep], atol=1e-5)

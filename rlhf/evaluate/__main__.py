@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rlhf import cli, config, evaluate, hardware, methods, models
 from rlhf.errors import UserError
 from rlhf.evaluate.tables import print_eval_table
+from rlhf.schema import ModelConfig
 from rlhf.validate import validate
 
 USAGE = "python -m rlhf.evaluate run=<run dir> [eval=quick|standard] [eval.limit=N] [eval.tasks=[...]] [hardware=...]"
@@ -42,6 +43,8 @@ def settings(argv: list[str]) -> tuple[Path, DictConfig]:
         keys = [o for o in [*ran, *hardware_keys] if o.lstrip("+~").startswith("hardware.")]
         profile = config.compose([f"hardware={hardware.detect()}", *keys]).hardware
     OmegaConf.set_struct(cfg, False)
+    # a run saved before a model key existed (attn_implementation) gets that key's default
+    cfg.model = OmegaConf.merge(OmegaConf.structured(ModelConfig), cfg.model)
     cfg.eval = given.eval if chosen else cfg.eval
     cfg.cache_dir = given.cache_dir
     cfg.hardware = profile

@@ -252,12 +252,17 @@ def checkpoint_callback(inputs: Any):
         def on_step_end(self, args, state, control, **kwargs):
             if plan is None:
                 return
+            plan.agree()  # a signal that reached one process only
             self.decide(state, control)
 
         def on_log(self, args, state, control, **kwargs):
             # a monitor rule reacts to the step's logs, which come after on_step_end: decide again (the
-            # trainer saves after logging)
-            if plan is not None and (plan.wanted or plan.halt is not None) and not control.should_save:
+            # trainer saves after logging). Every rank logs at the same steps, but only rank 0's monitor sees
+            # the logs: the ranks agree first, so that all of them save and stop together
+            if plan is None:
+                return
+            plan.agree()
+            if (plan.wanted or plan.halt is not None or plan.stopping) and not control.should_save:
                 self.decide(state, control)
 
         def decide(self, state, control):

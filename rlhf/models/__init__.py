@@ -7,6 +7,7 @@ again. `python -m rlhf.models [overrides]` prepares a run's base model ahead of 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +47,50 @@ def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
     quant = hardware.quantization(hw, count_params(config) / 1e9)
     auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
     extra = {} if head == "causal-lm" else {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
-    model = auto.from_pretrained(
-        path,
-        **common,
-        **extra,
-        dtype=hardware.dtype(hw.model_dtype),
-        quantization_config=quant,
-        device_map={"": hardware.device(hw)},
-        use_safetensors=True,
-    )
+    try:
+        model = auto.from_pretrained(
+            path,
+            **common,
+            **extra,
+            dtype=hardware.dtype(hw.model_dtype),
+            quantization_config=quant,
+            device_map={"": hardware.device(hw)},
+            use_safetensors=True,
+            attn_implementation=cfg.attn_implementation,
+        )
+    except (ImportError, ValueError) as e:
+        if "attention" not in str(e).lower() and "attn" not in str(e).lower():
+            raise
+        # a kernel whose package is missing or that this device cannot run (flash attention on a CPU)
+        raise UserError(
+            f"model.attn_implementation={cfg.attn_implementation}: cannot be used here ({_first_line(e)}); "
+            "fix: model.attn_implementation=sdpa (every device), or install the kernel's package"
+        ) from None
     if quant is not None and hw.device == "cpu":
         keep_4bit_trainable(model)
     if head == "causal-lm":
         contiguous_head_input(model)
     return model, tokenizer
+
+
+def attention_kernels() -> list[str]:
+    """The attention kernels transformers can load a model with (model.attn_implementation), from its registry."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return ["eager", *(k for k in ALL_ATTENTION_FUNCTIONS.valid_keys() if "|" not in k)]
+
+
+@contextlib.contextmanager
+def attention_kernel(model, kernel: str):
+    """Run `model` with another attention kernel inside the block ('' keeps its own), then restore it."""
+    own = model.config._attn_implementation
+    if kernel and kernel != own:
+        model.set_attn_implementation(kernel)
+    try:
+        yield model
+    finally:
+        if kernel and kernel != own:
+            model.set_attn_implementation(own)
 
 
 def contiguous_head_input(model) -> None:

@@ -67,6 +67,9 @@ class Config(LoraTrainingConfig, SamplingFields):
     cliprange_value: float = MISSING
     vf_coef: float = MISSING
     whiten_advantages: bool = MISSING
+    # the attention kernel of the PPO epochs' forward/backward passes ("": model.attn_implementation, which
+    # sampling and the no-grad passes use)
+    update_attn_implementation: str = MISSING
 
 
 def validate(m: Config, p: Problems) -> None:
@@ -88,6 +91,12 @@ def validate(m: Config, p: Problems) -> None:
     for key in ("gamma", "lam"):
         value = getattr(m, key)
         p.check(0 <= value <= 1, f"method.{key}", value, "must be in [0, 1]", "use e.g. 1.0 and 0.95")
+
+
+def library_choices(m: Config) -> dict[str, list[str]]:
+    from rlhf.models import attention_kernels
+
+    return {"update_attn_implementation": ["", *attention_kernels()]}
 
 
 def adapter_kind(m: Config) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -14,6 +15,7 @@ from rlhf.generation import encode_chat_prompts
 from rlhf.methods import Inputs, Result
 from rlhf.methods._common import lora_config
 from rlhf.methods.ppo import core
+from rlhf.models import attention_kernel
 
 
 class PolicyWithValue(nn.Module):
@@ -85,10 +87,16 @@ def train(inputs: Inputs) -> Result:
     for step in bar:
         t0 = time.time()
         batch_prompts = [prompts[((step - 1) * m.batch_size + i) % len(prompts)] for i in range(m.batch_size)]
-        with accelerator.autocast():  # the policy and reference passes in the same precision: KL starts at 0
-            rollout = make_rollout(unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value)
+        # the policy and reference passes in the same precision (KL starts at 0); on a CPU the sampling runs
+        # outside autocast: decoding is memory-bound, and autocast re-casts every float32 weight at every token
+        # (10 completions x 10 tokens on SmolLM2, 2-core AMX CPU: 1.55 instead of 1.9 s)
+        rollout = make_rollout(
+            unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value, accelerator.autocast,
+            sample_in_autocast=hw.device != "cpu",
+        )  # fmt: skip
         t_opt = time.perf_counter()
-        stats = optimise(model, optimizer, accelerator, rollout, m)
+        with attention_kernel(unwrapped.policy, m.update_attn_implementation):
+            stats = optimise(model, optimizer, accelerator, rollout, m)
         stats["time/ppo_epochs_s"] = time.perf_counter() - t_opt
         if m.adaptive_kl:
             kl_ctl.update(rollout["kl"], m.batch_size)
@@ -102,6 +110,8 @@ def train(inputs: Inputs) -> Result:
         inputs.metrics.write(step, step * m.batch_size / max(len(prompts), 1), logs)
         bar.set_postfix(reward=f"{logs['reward']:.2f}", kl=f"{logs['kl']:.3f}")
         state.update(step=step, logs=logs)
+        if plan is not None:
+            plan.agree()  # each rank's monitor saw its own rollout: a stop or checkpoint on one is on all
         if plan is not None and plan.due(step, last=step == steps) and accelerator.is_main_process:
             save_state(plan, state, unwrapped, optimizer, accelerator, kl_ctl)
         if plan is not None and plan.ends_here(step):  # a signal, or a monitor rule's stop
@@ -200,13 +210,31 @@ class PhaseClock:
 
 @torch.no_grad()
 def make_rollout(
-    model: PolicyWithValue, tokenizer, prompts: list, m, rewards: list, kl_coef: float
+    model: PolicyWithValue,
+    tokenizer,
+    prompts: list,
+    m,
+    rewards: list,
+    kl_coef: float,
+    autocast=contextlib.nullcontext,
+    sample_in_autocast: bool = True,
 ) -> dict[str, Any]:
-    """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns)."""
+    """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns).
+
+    `autocast` (the accelerator's) wraps the policy and reference passes, and the sampling too unless
+    `sample_in_autocast` is false."""
     model.eval()
     clock = PhaseClock()
     query = encode_chat_prompts(tokenizer, prompts, model.policy.device)
-    generated = model.policy.generate(
+    with autocast() if sample_in_autocast else contextlib.nullcontext():
+        generated = sample(model, tokenizer, query, m)
+    clock.lap("generate")
+    with autocast():
+        return score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, generated, clock)
+
+
+def sample(model: PolicyWithValue, tokenizer, query: dict, m) -> torch.Tensor:
+    return model.policy.generate(
         **query,
         do_sample=True,
         max_new_tokens=m.max_new_tokens,
@@ -216,7 +244,9 @@ def make_rollout(
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    clock.lap("generate")
+
+
+def score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, generated, clock) -> dict[str, Any]:
     q_len = query["input_ids"].shape[1]
     response = generated[:, q_len:]
     response_mask = response_mask_until_eos(response, tokenizer.eos_token_id)

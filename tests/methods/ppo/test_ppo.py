@@ -130,3 +130,32 @@ def test_4bit_policy_trains_every_adapter_tensor_after_generation(make_cfg, tiny
     # moves only if gradient reached it through the frozen 4-bit layers above it
     untrained = [n for n, p in result.model.named_parameters() if "lora_B" in n and p.abs().sum() == 0]
     assert not untrained, untrained
+
+
+def test_the_ppo_epochs_run_their_own_attention_kernel_and_give_the_model_back(make_cfg, tiny, tmp_path):
+    """method.update_attn_implementation=eager: every forward/backward of the PPO epochs runs eager attention
+    (SDPA is never called with gradients on), sampling and the no-grad passes keep the model's SDPA, and the
+    model leaves training with its own kernel. With "" the epochs use the model's kernel."""
+    calls = {"grad": 0, "no_grad": 0}
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
+        return original(*args, **kwargs)
+
+    rows = [{"prompt": [{"role": "user", "content": "I feel so"}]}]
+    seen = {}
+    for kernel in ("eager", ""):
+        cfg = ppo_cfg(make_cfg, "method.max_steps=1", f"method.update_attn_implementation={kernel!r}")
+        model, tokenizer = tiny()
+        calls.update(grad=0, no_grad=0)
+        torch.nn.functional.scaled_dot_product_attention = counted
+        try:
+            inputs = make_inputs(cfg, model, tokenizer, rows, tmp_path, rewards=rewards.build(cfg.reward))
+            result = loop.train(inputs)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = original
+        assert result.model.config._attn_implementation == "sdpa"
+        seen[kernel] = dict(calls)
+    assert seen["eager"]["grad"] == 0 and seen["eager"]["no_grad"] > 0
+    assert seen[""]["grad"] > 0 and seen[""]["no_grad"] == seen["eager"]["no_grad"]
