@@ -48,6 +48,7 @@ SIGNALS = {  # monitor signal -> the key the loop logs (loop.make_rollout, loop.
     "clip_fraction": "clipfrac",
     "approx_kl": "approx_kl",
     "explained_variance": "explained_variance",
+    "zero_std_share": "equal_scores",  # the rollout is ppo's one group
 }
 
 
@@ -67,6 +68,10 @@ class Config(LoraTrainingConfig, SamplingFields):
     cliprange_value: float = MISSING
     vf_coef: float = MISSING
     whiten_advantages: bool = MISSING
+    # a rollout whose scores are all equal has no learning signal: its advantages are zeroed (the policy is
+    # not moved by the value head's errors and the KL term alone, whitened to full size); the value head
+    # still learns from it. GRPO's zero-std groups get the same treatment.
+    skip_equal_scores: bool = MISSING
     # the attention kernel of the PPO epochs' forward/backward passes ("": model.attn_implementation, which
     # sampling and the no-grad passes use)
     update_attn_implementation: str = MISSING

@@ -92,7 +92,7 @@ def train(inputs: Inputs) -> Result:
         # (10 completions x 10 tokens on SmolLM2, 2-core AMX CPU: 1.55 instead of 1.9 s)
         rollout = make_rollout(
             unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value, accelerator.autocast,
-            sample_in_autocast=hw.device != "cpu",
+            sample_in_autocast=hw.device != "cpu", kernel=m.update_attn_implementation,
         )  # fmt: skip
         t_opt = time.perf_counter()
         with attention_kernel(unwrapped.policy, m.update_attn_implementation):
@@ -218,22 +218,27 @@ def make_rollout(
     kl_coef: float,
     autocast=contextlib.nullcontext,
     sample_in_autocast: bool = True,
+    kernel: str = "",
 ) -> dict[str, Any]:
     """Sample, score, and compute everything the PPO epochs need (log-probs, values, advantages, returns).
 
     `autocast` (the accelerator's) wraps the policy and reference passes, and the sampling too unless
-    `sample_in_autocast` is false."""
+    `sample_in_autocast` is false. The passes run the PPO epochs' attention `kernel` ("": the model's):
+    the old log-probs and the reference then come from the same arithmetic as the epochs' new log-probs, so
+    the first epoch's ratios are exactly 1 and the KL starts at 0; only the sampling keeps the model's kernel.
+    """
     model.eval()
     clock = PhaseClock()
     query = encode_chat_prompts(tokenizer, prompts, model.policy.device)
     with autocast() if sample_in_autocast else contextlib.nullcontext():
         generated = sample(model, tokenizer, query, m)
     clock.lap("generate")
-    with autocast():
+    with autocast(), attention_kernel(model.policy, kernel):
         return score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, generated, clock)
 
 
 def sample(model: PolicyWithValue, tokenizer, query: dict, m) -> torch.Tensor:
+    """`batch_size` completions of the prompts, sampled as the method's sampling keys say."""
     return model.policy.generate(
         **query,
         do_sample=True,
@@ -247,6 +252,7 @@ def sample(model: PolicyWithValue, tokenizer, query: dict, m) -> torch.Tensor:
 
 
 def score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, generated, clock) -> dict[str, Any]:
+    """Score the completions, then the policy pass (old log-probs, values), the reference pass, and GAE."""
     q_len = query["input_ids"].shape[1]
     response = generated[:, q_len:]
     response_mask = response_mask_until_eos(response, tokenizer.eos_token_id)
@@ -281,6 +287,9 @@ def score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, genera
     advantages, returns = core.gae(token_rewards, values, mask, m.gamma, m.lam)
     if m.whiten_advantages:
         advantages = core.whiten(advantages, mask)
+    equal_scores = bool((scores == scores[0]).all())
+    if m.skip_equal_scores and equal_scores:
+        advantages = torch.zeros_like(advantages)
 
     entropy = core.masked_mean(core.entropy_from_logits(logits), mask)
     kl_per_sequence = kl.sum(dim=1).mean().item()
@@ -293,6 +302,7 @@ def score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, genera
         "response_length": mask.sum(dim=1).mean().item(),
         "response_truncated_share": (mask.sum(dim=1) >= m.max_new_tokens).float().mean().item(),
         "explained_variance": core.explained_variance(values, returns, mask).item(),
+        "equal_scores": float(equal_scores),  # 1: no sample scored differently from the others
         **clock.seconds,
     }
     if "keyword" in parts:

@@ -133,9 +133,10 @@ def test_4bit_policy_trains_every_adapter_tensor_after_generation(make_cfg, tiny
 
 
 def test_the_ppo_epochs_run_their_own_attention_kernel_and_give_the_model_back(make_cfg, tiny, tmp_path):
-    """method.update_attn_implementation=eager: every forward/backward of the PPO epochs runs eager attention
-    (SDPA is never called with gradients on), sampling and the no-grad passes keep the model's SDPA, and the
-    model leaves training with its own kernel. With "" the epochs use the model's kernel."""
+    """method.update_attn_implementation=eager: every forward/backward of the PPO epochs, and the policy and
+    reference passes whose log-probs they are compared with, run eager attention (SDPA is never called with
+    gradients on); sampling keeps the model's SDPA, and the model leaves training with its own kernel. With ""
+    everything runs the model's kernel."""
     calls = {"grad": 0, "no_grad": 0}
     original = torch.nn.functional.scaled_dot_product_attention
 
@@ -157,5 +158,37 @@ def test_the_ppo_epochs_run_their_own_attention_kernel_and_give_the_model_back(m
             torch.nn.functional.scaled_dot_product_attention = original
         assert result.model.config._attn_implementation == "sdpa"
         seen[kernel] = dict(calls)
-    assert seen["eager"]["grad"] == 0 and seen["eager"]["no_grad"] > 0
-    assert seen[""]["grad"] > 0 and seen[""]["no_grad"] == seen["eager"]["no_grad"]
+    assert seen["eager"]["grad"] == 0 and seen["eager"]["no_grad"] > 0  # sampling only
+    layers = make_cfg("model=tiny").model.architecture.num_hidden_layers
+    # the policy and reference passes: one SDPA call per layer each, under "" only
+    assert seen[""]["grad"] > 0 and seen[""]["no_grad"] == seen["eager"]["no_grad"] + 2 * layers
+
+
+def test_a_rollout_whose_scores_are_all_equal_moves_no_policy_when_asked(make_cfg, tiny):
+    """skip_equal_scores: ten completions that all score -1 carry no learning signal; whitening would blow
+    the value head's errors and the KL term up to full-size advantages, so they are zeroed instead (and the
+    rollout says so). A rollout with one differing score keeps its advantages."""
+    from peft import get_peft_model
+
+    prompts = [[{"role": "user", "content": "I feel so"}]] * 4
+    for skip in (True, False):
+        cfg = ppo_cfg(make_cfg, f"method.skip_equal_scores={skip}")
+        model, tokenizer = tiny()
+        torch.manual_seed(0)
+        policy = loop.PolicyWithValue(get_peft_model(model, lora_config(cfg.method)))
+
+        def same(prompts, completions, **kw):
+            return [-1.0] * len(completions)
+
+        def one_differs(prompts, completions, **kw):
+            return [1.0] + [-1.0] * (len(completions) - 1)
+
+        flat = loop.make_rollout(
+            policy, tokenizer, prompts, cfg.method, [rewards.Reward("same", same, 1.0)], 0.2
+        )
+        spread = loop.make_rollout(
+            policy, tokenizer, prompts, cfg.method, [rewards.Reward("one_differs", one_differs, 1.0)], 0.2
+        )
+        assert flat["stats"]["equal_scores"] == 1.0 and spread["stats"]["equal_scores"] == 0.0
+        assert (flat["advantages"] == 0).all() == skip  # zeroed only when asked
+        assert spread["advantages"].abs().sum() > 0
