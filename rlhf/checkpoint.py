@@ -136,8 +136,8 @@ class Plan:
 
         Each rank's monitor sees its own logs (our PPO's rollout statistics differ per rank; a TRL trainer
         logs on rank 0 only) and a scheduler may signal one process: a rank that stopped alone would leave the
-        others waiting in their next collective for ever. Every rank must call this at the same points (one
-        small all-reduce); with one process it does nothing.
+        others in mismatched collectives (seen: a 2-process gloo run died with SIGABRT). Every rank must call
+        this at the same points (one small all-reduce); with one process it does nothing.
         """
         import torch
         import torch.distributed as dist

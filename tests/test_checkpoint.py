@@ -255,7 +255,7 @@ def _agree_on_two_ranks(rank: int, port: int, wants: list[dict], out: Path) -> N
 def test_the_ranks_agree_to_save_and_stop_when_any_one_asks(tmp_path):
     """Only rank 0's monitor sees a TRL trainer's logs, our PPO's ranks see their own rollouts, and a scheduler
     may signal one process: a stop or checkpoint that one rank has is taken by every rank at the same step (a
-    rank that stopped alone would leave the others waiting in their next collective)."""
+    rank that stopped alone would leave the others in mismatched collectives)."""
     import socket
 
     import torch.multiprocessing as mp

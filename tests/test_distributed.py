@@ -283,8 +283,8 @@ def test_ddp_runs_the_rl_methods_on_two_processes(run_rlhf, tmp_path, method):
 @pytest.mark.slow
 def test_a_monitor_stop_on_rank_0_ends_every_rank_at_the_same_step(run_rlhf, tmp_path):
     """A TRL trainer logs on rank 0 only, so only rank 0's monitor sees the rule fire at step 2: the ranks
-    agree at the step boundary, both save and stop there, and the run ends cleanly (before, rank 1 trained on
-    alone and the launch hung in its next collective)."""
+    agree at the step boundary, both save and stop there, and the run ends cleanly (without the agreement,
+    rank 1 trained on alone and the launch died with SIGABRT in mismatched gloo collectives)."""
     run = tmp_path / "run"
     out = two_processes(
         run_rlhf, run, "model=tiny", "hardware=cpu", "eval=none", "logger=none", "method=grpo",
