@@ -162,6 +162,26 @@ def largest_tensor(floating_only: bool = False):
         yield seen
 
 
+@contextlib.contextmanager
+def sdpa_calls():
+    """Records every call of torch's scaled_dot_product_attention inside the block: the list it yields gets
+    one entry per call, True where gradients were on."""
+    import torch
+
+    calls: list[bool] = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    torch.nn.functional.scaled_dot_product_attention = recorded
+    try:
+        yield calls
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
 class Rows:
     """A metrics sink that keeps the rows in memory (what rlhf.metrics.MetricsFile also writes to a file)."""
 

@@ -8,7 +8,7 @@ import re
 import torch
 
 from rlhf import hardware, models
-from tests.conftest import largest_tensor
+from tests.conftest import largest_tensor, sdpa_calls
 
 
 def test_tiny_model_is_built_once_and_reused(make_cfg):
@@ -134,18 +134,10 @@ def test_the_attention_kernel_is_the_configured_one_and_scores_the_same(tiny):
     batch = tokenizer(
         ["a short one", "and a rather longer second prompt here"], return_tensors="pt", padding=True
     )
-    calls = []
-    original = torch.nn.functional.scaled_dot_product_attention
-    with torch.no_grad():
-        torch.nn.functional.scaled_dot_product_attention = lambda *a, **k: (
-            calls.append(1) or original(*a, **k)
-        )
-        try:
-            eager_logits = eager(**batch).logits
-            assert not calls  # eager attention never goes through SDPA
-            sdpa_logits = sdpa(**batch).logits
-            assert calls  # and the default does
-        finally:
-            torch.nn.functional.scaled_dot_product_attention = original
+    with torch.no_grad(), sdpa_calls() as calls:
+        eager_logits = eager(**batch).logits
+        assert not calls  # eager attention never goes through SDPA
+        sdpa_logits = sdpa(**batch).logits
+        assert calls  # and the default does
     keep = batch["attention_mask"].bool()
     assert torch.allclose(eager_logits[keep], sdpa_logits[keep], atol=1e-5)

@@ -72,8 +72,8 @@ class Config(LoraTrainingConfig, SamplingFields):
     # not moved by the value head's errors and the KL term alone, whitened to full size); the value head
     # still learns from it. GRPO's zero-std groups get the same treatment.
     skip_equal_scores: bool = MISSING
-    # the attention kernel of the PPO epochs' forward/backward passes ("": model.attn_implementation, which
-    # sampling and the no-grad passes use)
+    # the attention kernel of the PPO epochs and of the policy and reference passes they are compared with
+    # ("": model.attn_implementation, which sampling always uses)
     update_attn_implementation: str = MISSING
 
 

@@ -10,7 +10,7 @@ from rlhf.methods import ppo
 from rlhf.methods._common import lora_config
 from rlhf.methods.ppo import core, loop
 from rlhf.metrics import MetricsFile
-from tests.conftest import make_inputs
+from tests.conftest import make_inputs, sdpa_calls
 
 FAST = [
     "method.batch_size=8",
@@ -137,27 +137,16 @@ def test_the_ppo_epochs_run_their_own_attention_kernel_and_give_the_model_back(m
     reference passes whose log-probs they are compared with, run eager attention (SDPA is never called with
     gradients on); sampling keeps the model's SDPA, and the model leaves training with its own kernel. With ""
     everything runs the model's kernel."""
-    calls = {"grad": 0, "no_grad": 0}
-    original = torch.nn.functional.scaled_dot_product_attention
-
-    def counted(*args, **kwargs):
-        calls["grad" if torch.is_grad_enabled() else "no_grad"] += 1
-        return original(*args, **kwargs)
-
     rows = [{"prompt": [{"role": "user", "content": "I feel so"}]}]
     seen = {}
     for kernel in ("eager", ""):
         cfg = ppo_cfg(make_cfg, "method.max_steps=1", f"method.update_attn_implementation={kernel!r}")
         model, tokenizer = tiny()
-        calls.update(grad=0, no_grad=0)
-        torch.nn.functional.scaled_dot_product_attention = counted
-        try:
-            inputs = make_inputs(cfg, model, tokenizer, rows, tmp_path, rewards=rewards.build(cfg.reward))
+        inputs = make_inputs(cfg, model, tokenizer, rows, tmp_path, rewards=rewards.build(cfg.reward))
+        with sdpa_calls() as calls:
             result = loop.train(inputs)
-        finally:
-            torch.nn.functional.scaled_dot_product_attention = original
         assert result.model.config._attn_implementation == "sdpa"
-        seen[kernel] = dict(calls)
+        seen[kernel] = {"grad": sum(calls), "no_grad": len(calls) - sum(calls)}
     assert seen["eager"]["grad"] == 0 and seen["eager"]["no_grad"] > 0  # sampling only
     layers = make_cfg("model=tiny").model.architecture.num_hidden_layers
     # the policy and reference passes: one SDPA call per layer each, under "" only
