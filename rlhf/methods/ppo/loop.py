@@ -136,8 +136,9 @@ def train(inputs: Inputs) -> Result:
 
 
 def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> None:
-    """Everything the next rollout depends on: the adapter and value head, the optimizer, the KL
-    coefficient, the step (which is the prompt cursor), the accumulation counter and every RNG."""
+    """Everything the next rollout depends on: the adapter and value head, the optimizer, the gradients
+    accumulated towards its next step, the KL coefficient, the step (which is the prompt cursor), the
+    accumulation counter and every RNG."""
     import json
     import random
 
@@ -151,6 +152,15 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     out.mkdir(parents=True, exist_ok=True)
     trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, out / "trainable.safetensors")
+    # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an optimizer
+    # step can span rollouts, and a resumed run that lost them would step on part of its mini-batches only
+    pending = {
+        n: p.grad.detach().cpu().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad and p.grad is not None
+    }
+    if pending:
+        save_file(pending, out / "gradients.safetensors")
     torch.save(optimizer.state_dict(), out / "optimizer.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -178,6 +188,11 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
 
     missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
     assert not unexpected, unexpected  # the same model and adapter, or the checkpoint is not this run's
+    if (path / "gradients.safetensors").is_file():  # an optimizer step that spans the checkpoint
+        pending = load_file(path / "gradients.safetensors")
+        for name, param in model.named_parameters():
+            if name in pending:
+                param.grad = pending[name].to(param.device, param.dtype)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["torch"])
