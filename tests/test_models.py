@@ -32,7 +32,7 @@ def test_tiny_model_uses_the_committed_tokenizer_and_chat_template(tiny, make_cf
     bf16 = hardware.resolve(make_cfg("hardware=cpu").hardware).precision == "bf16"
     assert model.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert tiny("method=sft")[0].dtype == torch.float32
-    assert tiny("method=ppo")[0].dtype == torch.float32  # our PPO keeps a float32 base (BASE_16BIT)
+    assert tiny("method=ppo")[0].dtype == (torch.bfloat16 if bf16 else torch.float32)  # a frozen base too
 
 
 def test_full_model_saves_and_reloads_with_the_same_logits(tiny, tmp_path):

@@ -181,3 +181,44 @@ def test_a_rollout_whose_scores_are_all_equal_moves_no_policy_when_asked(make_cf
         assert flat["stats"]["equal_scores"] == 1.0 and spread["stats"]["equal_scores"] == 0.0
         assert (flat["advantages"] == 0).all() == skip  # zeroed only when asked
         assert spread["advantages"].abs().sum() > 0
+
+
+def test_a_fresh_critic_leaves_each_response_the_sign_of_its_score_then_learns(make_cfg, tiny):
+    """The value head starts at 0: before any update (KL 0, unwhitened) every response token's advantage is
+    its score discounted by lambda, so it has the score's sign; a head that started with noise (as a random
+    init on a real model's hidden states did, values of std ~1.5 against returns of +-1) flips some. One
+    update then moves the head towards the returns."""
+    from peft import get_peft_model
+
+    cfg = ppo_cfg(make_cfg, "method.whiten_advantages=false", "method.learning_rate=1e-2")
+    model, tokenizer = tiny()
+    torch.manual_seed(0)
+    policy = loop.PolicyWithValue(get_peft_model(model, lora_config(cfg.method)))
+
+    def alternate(prompts, completions, **kw):
+        return [(-1.0) ** i for i in range(len(completions))]
+
+    prompts = [[{"role": "user", "content": "I feel so"}]] * cfg.method.batch_size
+    rollout = loop.make_rollout(
+        policy, tokenizer, prompts, cfg.method, [rewards.Reward("alt", alternate, 1.0)], 0.2
+    )
+    mask = rollout["mask"].bool()
+    assert (rollout["values"][mask] == 0).all()
+    score = torch.tensor([(-1.0) ** i for i in range(cfg.method.batch_size)])[:, None].expand_as(mask)
+    assert (torch.sign(rollout["advantages"][mask]) == score[mask]).all()
+
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    loop.optimise(policy, optimizer, accelerator, rollout, cfg.method)
+    with torch.no_grad():
+        _, values = policy(
+            rollout["input_ids"],
+            rollout["attention_mask"],
+            rollout["position_ids"],
+            rollout["response"].shape[1],
+        )
+    before = core.masked_mean((rollout["returns"]) ** 2, rollout["mask"])
+    after = core.masked_mean((values.float() - rollout["returns"]) ** 2, rollout["mask"])
+    assert after < before, (after, before)
