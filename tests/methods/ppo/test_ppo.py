@@ -204,14 +204,15 @@ def test_a_fresh_critic_leaves_each_response_the_sign_of_its_score_then_learns(m
     )
     mask = rollout["mask"].bool()
     assert (rollout["values"][mask] == 0).all()
-    score = torch.tensor([(-1.0) ** i for i in range(cfg.method.batch_size)])[:, None].expand_as(mask)
+    score = torch.tensor(alternate(prompts, rollout["completions"]))[:, None].expand_as(mask)
     assert (torch.sign(rollout["advantages"][mask]) == score[mask]).all()
 
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=True)
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
-    loop.optimise(policy, optimizer, accelerator, rollout, cfg.method)
+    optimizer = loop.make_optimizer(
+        [p for p in policy.parameters() if p.requires_grad], "adamw_torch", cfg.method
+    )
+    loop.optimise(policy, optimizer, Accelerator(cpu=True), rollout, cfg.method)
     with torch.no_grad():
         _, values = policy(
             rollout["input_ids"],
@@ -219,6 +220,6 @@ def test_a_fresh_critic_leaves_each_response_the_sign_of_its_score_then_learns(m
             rollout["position_ids"],
             rollout["response"].shape[1],
         )
-    before = core.masked_mean((rollout["returns"]) ** 2, rollout["mask"])
+    before = core.masked_mean(rollout["returns"] ** 2, rollout["mask"])  # the head predicted 0
     after = core.masked_mean((values.float() - rollout["returns"]) ** 2, rollout["mask"])
     assert after < before, (after, before)
