@@ -62,6 +62,55 @@ def test_lora_adapter_reloads_with_autopeft_and_the_same_logits(tiny, tmp_path):
     torch.testing.assert_close(peft_model(ids).logits, reloaded(ids).logits)
 
 
+def _saved_bytes(model, ids) -> int:
+    """Forward and backward under bf16 autocast; the bytes of the distinct tensors autograd kept for backward."""
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        kept[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return sum(kept.values())
+
+
+def test_adapter_layers_keep_no_copy_of_their_input_under_autocast(tiny):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    # a frozen bf16 base, as the cpu profile loads it where the CPU computes bf16
+    model, _ = tiny("hardware.model_dtype=bfloat16")
+    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    plain = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in plain.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    models.upcast_trainable(plain)  # the adapter in float32: peft copies every adapted layer's input to it
+    hooked = copy.deepcopy(plain)
+    assert models.adapter_inputs_follow_autocast(hooked) == 7 * model.config.num_hidden_layers
+
+    ids = torch.randint(5, model.config.vocab_size, (2, 24))
+    saved_plain, saved_hooked = _saved_bytes(plain, ids), _saved_bytes(hooked, ids)
+    # without the hook q, k, v, o, gate and up each keep a bf16 copy of their float32 copy of the input; with
+    # it q, k, v share the attention input, gate and up the MLP's, o its own: 3 fewer per decoder layer
+    fewer = 3 * model.config.hidden_size * ids.numel() * 2 * model.config.num_hidden_layers
+    assert saved_plain - saved_hooked >= fewer
+    for (name, a), (_, b) in zip(plain.named_parameters(), hooked.named_parameters(), strict=True):
+        if a.requires_grad:  # the same bf16 matmuls: the same gradients, bit for bit
+            assert torch.equal(a.grad, b.grad), name
+
+    # outside autocast (sampling on the bf16 base) the layers cast again: no dtype mismatch, the same logits
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+
+
 def test_trainable_parameter_count(tiny):
     model, _ = tiny()
     trainable, total = models.trainable_parameters(model)

@@ -207,10 +207,12 @@ def callbacks(inputs: Any) -> list:
 
 
 def fit(trainer: Any, inputs: Any):
-    """trainer.train(), from the checkpoint the run resumes from, if any, with what trains in float32."""
-    from rlhf.models import upcast_trainable
+    """trainer.train(), from the checkpoint the run resumes from, if any; what trains is float32 and adapter
+    layers take autocast's inputs as they come (rlhf.models)."""
+    from rlhf.models import adapter_inputs_follow_autocast, upcast_trainable
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
+    adapter_inputs_follow_autocast(trainer.model)
     head_tiles(inputs.hardware)
     plan = inputs.checkpoints
     resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None

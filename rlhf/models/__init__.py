@@ -129,6 +129,36 @@ def upcast_trainable(model) -> int:
     return len(low)
 
 
+def adapter_inputs_follow_autocast(model) -> int:
+    """Under autocast, adapter layers take their input as it comes; the number of layers this applies to.
+
+    peft casts each LoRA layer's input to the adapter's dtype before its matmuls: float32 (upcast_trainable)
+    on a bf16 base. Under autocast that copy is undone at once (the matmul runs in bf16) but it is kept for
+    backward: with `target_modules: all-linear` a float32 copy of every adapted layer's input, 25 of the ~60
+    KiB a token and a layer that LoRA with dropout saves on SmolLM2. A pre-hook on the model switches peft's
+    own casting off (`cast_input_dtype_enabled`, the switch peft.helpers.disable_input_dtype_casting sets)
+    for every forward that runs under autocast and back on for those that do not (sampling in float32 on a
+    bf16 base needs it): the same bf16 matmuls, so losses and gradients are unchanged without dropout.
+    """
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        return 0
+    device = next(model.parameters()).device.type
+
+    def follow_autocast(module, args):
+        cast = not torch.is_autocast_enabled(device)
+        for layer in layers:
+            layer.cast_input_dtype_enabled = cast
+
+    # on the base model: generate() skips peft's wrapper
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.register_forward_pre_hook(follow_autocast)
+    return len(layers)
+
+
 def count_params(config) -> int:
     """Parameter count from the config alone (the model is built on the meta device: no memory)."""
     return sum(p.numel() for p in meta_model(config).parameters())

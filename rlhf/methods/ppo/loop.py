@@ -55,7 +55,7 @@ def train(inputs: Inputs) -> Result:
     from peft import get_peft_model
     from tqdm.auto import tqdm
 
-    from rlhf.models import upcast_trainable
+    from rlhf.models import adapter_inputs_follow_autocast, upcast_trainable
 
     m, hw = inputs.config, inputs.hardware
     accelerator = Accelerator(
@@ -68,6 +68,8 @@ def train(inputs: Inputs) -> Result:
     tokenizer = inputs.tokenizer
     model = PolicyWithValue(get_peft_model(inputs.model, lora_config(m)))
     upcast_trainable(model)  # the adapter and the value head train in float32 on a bf16 base
+    # sampling runs outside autocast, the passes and epochs in it
+    adapter_inputs_follow_autocast(model.policy)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], hw.optim, m)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
