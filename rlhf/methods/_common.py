@@ -207,11 +207,13 @@ def callbacks(inputs: Any) -> list:
 
 
 def fit(trainer: Any, inputs: Any):
-    """trainer.train(), from the checkpoint the run resumes from, if any; what trains is float32 and adapter
-    layers take autocast's inputs as they come (rlhf.models)."""
-    from rlhf.models import adapter_inputs_follow_autocast, upcast_trainable
+    """trainer.train(), from the checkpoint the run resumes from, if any; what trains is float32, LoRA's
+    dropout is the method's and adapter layers take autocast's inputs as they come (rlhf.models)."""
+    from rlhf.models import adapter_inputs_follow_autocast, set_adapter_dropout, upcast_trainable
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
+    if getattr(inputs.config, "lora_dropout", 0) > 0:  # TRL's preference trainers turn every dropout off
+        set_adapter_dropout(trainer.model, inputs.config.lora_dropout)
     adapter_inputs_follow_autocast(trainer.model)
     head_tiles(inputs.hardware)
     plan = inputs.checkpoints

@@ -159,6 +159,26 @@ def adapter_inputs_follow_autocast(model) -> int:
     return len(layers)
 
 
+def set_adapter_dropout(model, p: float) -> int:
+    """LoRA's dropout back at `p` where a trainer turned it off; the number of adapter dropouts set.
+
+    TRL's DPO, KTO and reward trainers turn every dropout of the model off when they are built
+    (`disable_dropout=True`: the policy's and the reference's log-probs must come from the same network),
+    LoRA's own among them, so a `method.lora_dropout` of theirs would not apply. The adapter is off in the
+    reference pass, so its dropout does not touch the reference; the base model's dropouts stay off.
+    """
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    dropouts = [
+        d for m in model.modules() if isinstance(m, LoraLayer)
+        for d in m.lora_dropout.values() if isinstance(d, torch.nn.Dropout)
+    ]  # fmt: skip
+    for d in dropouts:
+        d.p = p
+    return len(dropouts)
+
+
 def count_params(config) -> int:
     """Parameter count from the config alone (the model is built on the meta device: no memory)."""
     return sum(p.numel() for p in meta_model(config).parameters())

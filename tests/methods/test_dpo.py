@@ -26,6 +26,21 @@ def test_lora_dpo_raises_the_chosen_margin_without_a_second_model(make_cfg, tiny
                 assert torch.equal(base[key], p)
 
 
+def test_a_lora_dropout_applies_although_trl_turns_every_dropout_off(make_cfg, tiny, tmp_path):
+    cfg = make_cfg(
+        "model=tiny", "hardware=cpu", "method=dpo", "method.max_steps=2", "method.learning_rate=1e-2",
+        "method.lora_dropout=0.5",
+    )  # fmt: skip
+    model, tokenizer = tiny()
+    policy = dpo.train(make_inputs(cfg, model, tokenizer, pairs(8), tmp_path)).model.train()
+    ids = torch.randint(5, policy.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        # the adapter draws a new dropout mask each pass (TRL had set its p to 0 with every other dropout)
+        assert not torch.equal(policy(input_ids=ids).logits, policy(input_ids=ids).logits)
+        with policy.disable_adapter():  # the reference: the base, whose dropouts stay off
+            assert torch.equal(policy(input_ids=ids).logits, policy(input_ids=ids).logits)
+
+
 def test_full_dpo_uses_a_frozen_reference_copy(make_cfg, tiny, tmp_path):
     cfg = make_cfg(
         "model=tiny",
