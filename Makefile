@@ -30,7 +30,8 @@ run: $(STAMP) ## the default experiment: SmolLM2-135M + LoRA on the shipped inst
 
 test: $(STAMP) ## the fast test suite (tiny model, CPU, no network) and ruff
 	$(VENV)/bin/ruff check rlhf tests bench scripts
-	$(PY) -m pytest -q
+	# one process per core, up to 4 (pytest-xdist; a test file stays in one process)
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test-slow: $(STAMP) ## the slow tests (embedded model, minutes)
 	$(PY) -m pytest -q -m slow

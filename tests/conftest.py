@@ -24,6 +24,10 @@ from rlhf import config, runtime
 # EPYC): the tests, whose results do not depend on MKL's code path, keep MKL's own choice. Set before the
 # first matmul; subprocesses inherit it.
 os.environ.setdefault("MKL_CBWR", "AUTO")
+# `make test` runs the suite in two processes (pytest-xdist, one per core): each computes on one thread, and
+# so do the runs it starts, or the two would contend for the same cores.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 runtime.startup()  # as every entrypoint does otherwise: malloc tuning, quiet libraries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +78,23 @@ def environment(values: dict[str, str], drop: tuple[str, ...] = ()):
         os.environ.update(saved)
 
 
+def reset_accelerate() -> None:
+    """Clear accelerate's process-wide state, as a new process starts without it (a trainer's Accelerator
+    fixes the mixed precision of every later one in the process)."""
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate():
+    """Every test starts as a new process would, whichever tests ran before it in this one."""
+    reset_accelerate()
+
+
 def in_process(main, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """Run an entrypoint's main in this process as its command would run: the same argv, environment,
     stdout, stderr and exit status (SystemExit), without a new interpreter importing torch and TRL again."""
@@ -84,12 +105,7 @@ def in_process(main, argv: list[str], env: dict[str, str]) -> subprocess.Complet
     handlers, level = list(root.handlers), root.level
     code = 0
     GlobalHydra.instance().clear()
-    if "accelerate" in sys.modules:  # a new process starts without accelerate's process-wide state
-        from accelerate.state import AcceleratorState, GradientState, PartialState
-
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
+    reset_accelerate()
     with environment(env, drop=("WANDB_", "HYDRA_FULL_ERROR")), redirect_stdout(out), redirect_stderr(err):
         try:
             main(argv)

@@ -83,9 +83,10 @@ def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkey
 
     from rlhf.methods._common import head_tiles
 
-    # restored after the test: head_tiles sets TRL's module constants for the process
-    monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", kernel.TOKEN_CHUNK_SIZE)
-    monkeypatch.setattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", utils._CHUNKED_LOGPROB_CHUNK_SIZE)
+    # TRL's own tile (as it ships: 4096 x 32768), whatever an earlier test's run set; restored after the test,
+    # as head_tiles sets TRL's module constants for the process
+    monkeypatch.setattr(kernel, "TOKEN_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 32768)
 
     torch.manual_seed(0)
     config = LlamaConfig(
