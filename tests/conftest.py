@@ -24,8 +24,8 @@ from rlhf import config, runtime
 # EPYC): the tests, whose results do not depend on MKL's code path, keep MKL's own choice. Set before the
 # first matmul; subprocesses inherit it.
 os.environ.setdefault("MKL_CBWR", "AUTO")
-# `make test` runs the suite in two processes (pytest-xdist, one per core): each computes on one thread, and
-# so do the runs it starts, or the two would contend for the same cores.
+# `make test` runs the suite in one process per core, up to 4 (pytest-xdist): each computes on one thread, and
+# so do the runs it starts, or they would contend for the same cores.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 runtime.startup()  # as every entrypoint does otherwise: malloc tuning, quiet libraries
