@@ -69,6 +69,14 @@ def publish(written: Path, run_dir: Path, step: int, keep: int, extra: dict | No
     return target
 
 
+def every_rank_here() -> None:
+    """Wait until every process of a launch reaches this point (a barrier); with one process, nothing."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
 @dataclass
 class Saves:
     """How many checkpoints a run wrote and the seconds they took (for summary.json)."""

@@ -37,6 +37,73 @@ ENGINES = ("none", "ddp", "fsdp", "deepspeed")
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 # methods that train in a loop of our own on accelerate rather than on a TRL trainer
 OWN_LOOP = {"ppo": "rlhf/methods/ppo/loop.py"}
+# seconds the launcher waits, after a Ctrl-C or SIGTERM, for its processes to finish their step and checkpoint
+STOP_GRACE_S = 600
+
+
+def fsdp_on_cpu() -> None:
+    """Let accelerate run FSDP on CPU processes (gloo), as torch's FSDP2 does.
+
+    accelerate 1.15 turns its FSDP plugin on only for GPU-like device types (AcceleratorState); on CPU
+    processes it drops the plugin and trains them as plain data parallel under the preset's name. torch's
+    fully_shard runs on a CPU mesh over gloo, so inside a launch whose config asks for FSDP on the CPU the state
+    takes the plugin as it would on GPUs, with a mixed precision policy that trains as ddp with autocast does.
+    Nothing changes in any other process, nor on GPUs.
+    """
+    if not (inside_launch() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"):
+        return
+    from accelerate import state
+    from accelerate.utils import DistributedType
+
+    init = state.AcceleratorState.__init__
+    if getattr(init, "rlhf_fsdp_on_cpu", False):
+        return
+
+    def init_with_fsdp(self, *args, fsdp_plugin=None, **kwargs):
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            if self._mixed_precision != "no" and fsdp_plugin.mixed_precision_policy is None:
+                # accelerate's policy would compute in, reduce in and return its dtype: the loss, computed on
+                # the outputs, would then be bf16 (DPO's first loss 0.6914 instead of ln 2). As under ddp with
+                # autocast: bf16 matmuls, float32 gradients and outputs
+                import torch
+                from torch.distributed.fsdp import MixedPrecisionPolicy
+
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[self._mixed_precision]
+                fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy(
+                    param_dtype=dtype, reduce_dtype=torch.float32, output_dtype=torch.float32
+                )
+            self.fsdp_plugin = fsdp_plugin
+            state.PartialState._shared_state["distributed_type"] = self.distributed_type  # as accelerate does
+
+    init_with_fsdp.rlhf_fsdp_on_cpu = True
+    state.AcceleratorState.__init__ = init_with_fsdp
+
+
+def gather_weights(model) -> dict | None:
+    """The whole model's weights where FSDP holds them sharded: every process sends its shard, rank 0 receives
+    them on its CPU (a collective: each rank calls it at the same point). None for a model FSDP does not shard,
+    and on the other ranks."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not any(isinstance(m, FSDPModule) for m in model.modules()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from rlhf.runtime import is_main_process
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main_process():
+        return None
+    first: dict[int, str] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied = first.setdefault(id(param), name)
+        if tied != name and tied in state and name in state:
+            # one parameter under two names (an LM head tied to the embedding) comes back as two copies; as
+            # one tensor, save_pretrained writes it once, as it does for the unsharded model
+            state[name] = state[tied]
+    return state
 
 
 def inside_launch() -> bool:
@@ -118,27 +185,40 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
     if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
         return
     method = cfg.method.name
-    sharded = "FSDP" if engine == "fsdp" else "ZeRO-3" if stage == 3 else None
-    if sharded:
+    if engine == "deepspeed" and stage == 3:
         # rlhf.train saves model/, writes the after-samples and runs lm-eval on rank 0 alone once the method
-        # returns; a sharded model cannot run or be saved by one rank (its next forward waits for the others)
+        # returns; under FSDP the ranks first gather the weights onto rank 0 (gather_weights), under ZeRO-3 not
         p.check(
             False,
             "distributed",
             name,
             f"method={method}: after training rank 0 alone saves, samples and evaluates the model, and under "
-            f"{sharded} its weights stay sharded across the processes (the run gathers none yet)",
-            "use distributed=ddp, or distributed=deepspeed-zero2 (weights replicated in every process)",
+            "ZeRO-3 its weights stay partitioned across the processes (the run gathers FSDP's shards, not "
+            "DeepSpeed's)",
+            "use distributed=fsdp (sharded the same way, gathered for the save), or distributed=deepspeed-zero2",
         )
         return
     p.check(
         method not in OWN_LOOP,
         "distributed",
         name,
-        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which prepares no "
-        "dataloader for DeepSpeed's batch sizes and generates outside the engine",
+        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which "
+        + (
+            "samples its rollouts from the unwrapped model, outside FSDP (a process holds a shard of the weights)"
+            if engine == "fsdp"
+            else "prepares no dataloader for DeepSpeed's batch sizes and generates outside the engine"
+        ),
         "use distributed=ddp",
     )
+    if engine == "fsdp":
+        p.check(
+            methods.get(method).adapter_kind(cfg.method) not in ("prompt", "prefix"),
+            "distributed",
+            name,
+            f"method={method}: peft runs the virtual tokens' embedding outside the forward FSDP wraps, so its "
+            "weight is still a shard there (torch: 'got mixed torch.Tensor and DTensor')",
+            "use distributed=ddp, or method=lora under FSDP",
+        )
     p.check(
         not hw.load_in_4bit,
         "hardware.load_in_4bit",
@@ -152,10 +232,10 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
 def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:
     """What the preset needs of this machine and of the command line, before any process starts."""
     p.one_of("distributed.engine", d.engine, ENGINES)
-    if d.engine in ("fsdp", "deepspeed") and hw.device == "cpu":
-        # accelerate 1.15 turns FSDP on only for GPU-like device types and DeepSpeed only without cpu=True: on
-        # a CPU the processes would train plain data parallel under the preset's name. Nothing else about
-        # the machine matters then.
+    if d.engine == "deepspeed" and hw.device == "cpu":
+        # accelerate 1.15 turns DeepSpeed on only without cpu=True: on a CPU the processes would train plain
+        # data parallel under the preset's name (FSDP runs there: fsdp_on_cpu). Nothing else about the machine
+        # matters then.
         p.check(
             False,
             "distributed",
@@ -384,7 +464,8 @@ def launch(cfg: DictConfig, overrides: list[str], run_dir: Path) -> int:
     fresh = not run_dir.exists()
     config_file = write_files(d, hw, n, run_dir)
     args = [o for o in overrides if not o.startswith("hydra.run.dir=")] + [f"hydra.run.dir={run_dir}"]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    # accelerate launch, through launcher_main below (a Ctrl-C ends it with 128 + n)
+    command = [sys.executable, "-m", "rlhf.distributed", "--config_file", str(config_file)]
     command += ["-m", "rlhf", *args]
     print(
         f"distributed={d.name}: {n} processes: accelerate launch --config_file {config_file} -m rlhf {' '.join(args)}"
@@ -419,3 +500,27 @@ def run(command: list[str]) -> int:
         return proc.wait()
     except KeyboardInterrupt:
         return proc.wait()
+
+
+def launcher_main() -> None:
+    """`accelerate launch <arguments>` as `launch` runs it: `python -m rlhf.distributed <arguments>`.
+
+    torch's elastic agent, which accelerate starts the training processes with, runs each in a session of
+    its own: a Ctrl-C (or a SIGTERM) reaches the agent, which passes it on to them once; they finish their
+    step, checkpoint and exit 128 + n (rlhf.checkpoint.StopRequest). The agent would then end with a
+    traceback and status 1, and kill them 30 s after the signal. Here it gives them STOP_GRACE_S (unless
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT is set) and ends with 128 + n, as a one-process run does.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_GRACE_S))
+    from accelerate.commands.launch import main
+
+    try:
+        main()
+    except SignalException as e:
+        sys.exit(128 + int(e.sigval))
+
+
+if __name__ == "__main__":
+    launcher_main()

@@ -51,7 +51,9 @@ def argv_for(argv: list[str]) -> list[str] | None:
     saved = [
         str(o) for o in OmegaConf.load(saved_file) if not str(o).startswith(("hydra.run.dir=", "resume="))
     ]
-    new = [a for a in argv if not a.startswith("resume=")]
+    # a launch's processes get the directory the resume gave it (rlhf.distributed.launch)
+    here = f"hydra.run.dir={run}"
+    new = [a for a in argv if not a.startswith("resume=") and a != here]
     for override in new:
         if override in saved or key(override).startswith(MAY_CHANGE):
             continue

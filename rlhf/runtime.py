@@ -165,5 +165,7 @@ def quiet_libraries() -> None:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     # optuna (hparams_search) imports alembic, which announces each of its plugins at INFO under Hydra's logging
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # accelerate narrates each FSDP checkpoint (4 lines per rank at INFO); the run says where checkpoints went
+    logging.getLogger("accelerate.utils.fsdp_utils").setLevel(logging.WARNING)
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -29,6 +29,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     started = time.time()
     PEAKS.start()
     with discard_run_on_bad_input(run_dir):
+        from rlhf.distributed import fsdp_on_cpu
+
+        fsdp_on_cpu()
         validate(cfg)  # every config error at once, before torch is even imported
         resume_from = resume_point(cfg, run_dir)
         if resume_from == "finished":
@@ -136,6 +139,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     shutil.rmtree(checkpoint.incoming(run_dir), ignore_errors=True)  # the trainers' scratch directory
     if plan.stopping:
         interrupted(run_dir, plan, tracker)
+    from rlhf.distributed import gather_weights
+
+    whole = gather_weights(result.model)  # under FSDP every rank sends its shard; rank 0 saves them
     if not is_main_process():
         return None
 
@@ -143,7 +149,10 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
     release_memory()  # training's activations and optimizer scratch, before the eval stage
 
-    models.save(result.model, tokenizer, run_dir / "model")
+    models.save(result.model, tokenizer, run_dir / "model", state_dict=whole)
+    if whole is not None:  # the trained model is sharded: what follows uses model/ as a user will load it
+        del whole
+        result.model = models.load_trained(run_dir / "model", cfg.model, hw, cfg.cache_dir, method.HEAD)
     save_heads(result.heads, run_dir / "model")
     if prompts:
         after = generation.greedy(result.model, tokenizer, prompts, cfg.samples.max_new_tokens)

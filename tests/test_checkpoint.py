@@ -151,7 +151,8 @@ def test_a_killed_process_loses_only_the_steps_since_its_last_checkpoint(rlhf_cl
 
 def test_a_resume_that_would_change_the_result_is_refused(rlhf_cli, uninterrupted):
     run_dir = uninterrupted("lora")
-    for change in ("method.learning_rate=1e-3", "seed=7", "method=sft"):
+    # its own directory is what a launch's processes are given (rlhf.distributed), another one is refused
+    for change in ("method.learning_rate=1e-3", "seed=7", "method=sft", f"hydra.run.dir={run_dir}-copy"):
         out = rlhf_cli(f"resume={run_dir}", change)
         assert out.returncode == 2 and out.stderr.count("error: ") == 1, out.stderr
         assert out.stderr.startswith(f"error: {change}: would change what the run trained")

@@ -1,12 +1,18 @@
 """distributed=<preset>: the presets compose into configs accelerate (and DeepSpeed) accept, the method x
 engine rules and the machine checks refuse before any process starts, and `python -m rlhf distributed=ddp`
-relaunches itself on two CPU processes (gloo) with the same loss curve as one process at the same global batch,
-rank 0 alone writing the run.
+and distributed=fsdp relaunch themselves on two CPU processes (gloo) with the same loss curve as one process at
+the same global batch, rank 0 alone writing the run (FSDP's weights gathered onto it), and a stopped FSDP run
+resumes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,12 +21,16 @@ import pytest
 from rlhf import distributed
 from rlhf.errors import ConfigError, Problems
 from rlhf.validate import validate
-from tests.conftest import CONF, environment
+from tests.conftest import CONF, ROOT, environment
+from tests.test_checkpoint import signal_at_step
 
 PRESETS = sorted(p.stem for p in (CONF / "distributed").glob("*.yaml"))
 GPU_PROFILE = SimpleNamespace(name="a100", device="cuda", precision="bf16", load_in_4bit=False)
 # the loss curves of one process and of two, at the same global batch: equal to float32 rounding
 TOLERANCE = 1e-4
+# their adapters, per tensor (relative, Frobenius): Adam turns rounding in a gradient near zero into a step of up
+# to the learning rate (seen: 0.3% on one tensor after 3 steps); a shard, or an untrained tensor, is ~100% off
+ADAPTER_TOLERANCE = 1e-2
 # fp32 (no autocast, whichever CPU runs it), a learning rate the tiny model's loss moves with in 3 steps
 TINY = ["model=tiny", "hardware=cpu", "hardware.precision=fp32", "eval=none", "logger=none"]
 TINY += ["method.max_steps=3", "method.learning_rate=0.01", "method.warmup_ratio=0"]
@@ -38,17 +48,24 @@ def test_each_preset_composes_with_its_engine(make_cfg, preset):
     assert (cfg.distributed.engine == "deepspeed") == preset.startswith("deepspeed")
 
 
-def test_ddp_and_zero2_validate_for_trl_methods_and_sharded_engines_refuse(make_cfg):
+def test_which_methods_each_engine_runs(make_cfg):
     validate(make_cfg("distributed=ddp", "method=ppo"))  # every method runs data parallel
     validate(make_cfg("distributed=deepspeed-zero2", "method=dpo"))
-    for preset in ("fsdp", "deepspeed-zero3", "deepspeed-zero3-offload"):
+    for method in ("lora", "sft", "dpo", "kto", "rm", "grpo", "rloo"):  # FSDP: gathered onto rank 0 to save
+        validate(make_cfg("distributed=fsdp", f"method={method}"))
+    for preset in ("deepspeed-zero3", "deepspeed-zero3-offload"):
         with pytest.raises(ConfigError) as err:
             validate(make_cfg(f"distributed={preset}", "method=lora"))
         (line,) = err.value.problems
-        assert line.startswith(f"distributed={preset}: method=lora: ") and "fix: use distributed=ddp" in line
-    with pytest.raises(ConfigError) as err:
-        validate(make_cfg("distributed=deepspeed-zero2", "method=ppo"))
-    assert err.value.problems[0].startswith("distributed=deepspeed-zero2: method=ppo trains in its own")
+        assert line.startswith(f"distributed={preset}: method=lora: ") and "fix: use distributed=fsdp" in line
+    for preset in ("deepspeed-zero2", "fsdp"):
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg(f"distributed={preset}", "method=ppo"))
+        assert err.value.problems[0].startswith(f"distributed={preset}: method=ppo trains in its own")
+    for method in ("prompt-tuning", "prefix-tuning"):
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg("distributed=fsdp", f"method={method}"))
+        assert err.value.problems[0].startswith(f"distributed=fsdp: method={method}: peft runs the virtual")
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("distributed=deepspeed-zero2", "hardware=cpu", "hardware.load_in_4bit=true"))
     assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero2")
@@ -98,9 +115,9 @@ def test_machine_checks_name_key_value_and_fix(make_cfg):
         "distributed.main_process_ip=null",
         "hydra.run.dir=null",
     ]
-    for preset in ("fsdp", "deepspeed-zero2"):
-        (line,) = problems(f"distributed={preset}", "distributed.num_processes=2")
-        assert line.startswith(f"distributed={preset}: ") and "needs CUDA GPUs" in line
+    (line,) = problems("distributed=deepspeed-zero2", "distributed.num_processes=2")
+    assert line.startswith("distributed=deepspeed-zero2: ") and "needs CUDA GPUs" in line
+    assert problems("distributed=fsdp", "distributed.num_processes=2") == []  # FSDP runs on CPU processes
 
 
 def accelerate_launch_settings(config_file: Path):
@@ -194,7 +211,8 @@ def test_deepspeed_accepts_each_json_once_the_trainer_fills_it(make_cfg, tiny, p
     "preset,starts",
     [
         ("deepspeed-zero2", "error: distributed=deepspeed-zero2: DeepSpeed needs CUDA GPUs"),
-        ("fsdp", "error: distributed=fsdp: method=lora: after training rank 0 alone"),
+        ("deepspeed-zero3", "error: distributed=deepspeed-zero3: method=lora: after training rank 0 alone"),
+        ("fsdp", "error: distributed.num_processes=null: null means one process per visible GPU"),
         ("ddp", "error: distributed.num_processes=null: null means one process per visible GPU"),
     ],
 )
@@ -218,49 +236,139 @@ def assert_same_curve(one: list, two: list) -> None:
         assert abs(a - b) <= TOLERANCE * max(1.0, abs(a)), (one, two)
 
 
-def assert_rank0_wrote_the_run(run: Path, out, steps: int) -> None:
+def assert_rank0_wrote_the_run(run: Path, out, steps: int, engine: str = "ddp") -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(curve(run)) == steps  # one row per step: rank 1 wrote none
     assert [p.name for p in run.glob("summary*.json")] == ["summary.json"]
     assert (run / "model" / "adapter_model.safetensors").is_file()
-    assert out.stdout.count("saved to") == 1  # one run table: rank 0 alone saved, sampled and reported
+    assert out.stdout.count("\n  saved to ") == 1  # one run table: rank 0 alone saved, sampled and reported
     assert (run / "accelerate.yaml").is_file() and not (run / "deepspeed.json").exists()
+    # FSDP's checkpoints are its per-rank shards (the trainer saves them only when FSDP is in effect)
+    sharded = sorted(p.name for p in (run / "checkpoints").glob("step-*/pytorch_model_fsdp_*"))
+    assert bool(sharded) == (engine == "fsdp"), sharded
 
 
-def two_processes(run_rlhf, run: Path, *overrides: str):
-    return run_rlhf("distributed=ddp", "distributed.num_processes=2", *overrides, f"hydra.run.dir={run}")
+def two_processes(run_rlhf, run: Path, *overrides: str, engine: str = "ddp"):
+    return run_rlhf(
+        f"distributed={engine}", "distributed.num_processes=2", *overrides, f"hydra.run.dir={run}"
+    )
 
 
-def test_ddp_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
-    rlhf_cli, run_rlhf, tmp_path
+def adapter(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run / "model" / "adapter_model.safetensors")
+
+
+def assert_same_adapter(one: Path, two: Path) -> None:
+    """model/ of both runs: the same tensors, each within ADAPTER_TOLERANCE of the other (FSDP's: gathered from
+    both ranks), and trained (LoRA's B starts at zero)."""
+    a, b = adapter(one), adapter(two)
+    assert a.keys() == b.keys() and a
+    for key in a:
+        assert a[key].shape == b[key].shape, key
+        assert (a[key] - b[key]).norm() <= ADAPTER_TOLERANCE * a[key].norm(), key
+    assert all(a[key].abs().max() > 0 for key in a if "lora_B" in key)
+
+
+@pytest.fixture(scope="module")
+def one_process_lora(rlhf_cli, tmp_path_factory) -> Path:
+    """The one-process run both engines' lora cases compare with: batch 1 x accumulation 2."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    out = rlhf_cli(*TINY, "hardware.sft_batch_size=1", "hardware.sft_grad_accum=2", f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return run
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
+    one_process_lora, run_rlhf, tmp_path, engine
 ):
     """2 processes x batch 1 against 1 process x batch 1 x accumulation 2: the same rows per step (accelerate
-    shards one shuffled order), and transformers averages the loss over the tokens of all of them."""
+    shards one shuffled order), and transformers averages the loss over the tokens of all of them. Under FSDP
+    each process holds half of every weight, and rank 0 saves the adapter gathered from both."""
     two = two_processes(
-        run_rlhf, tmp_path / "two", *TINY, "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"
+        run_rlhf,
+        tmp_path / "two",
+        *TINY,
+        "hardware.sft_batch_size=1",
+        "hardware.sft_grad_accum=1",
+        engine=engine,
     )
-    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3)
-    assert two.stdout.startswith("distributed=ddp: 2 processes: accelerate launch --config_file ")
-    one = rlhf_cli(
-        *TINY, "hardware.sft_batch_size=1", "hardware.sft_grad_accum=2", f"hydra.run.dir={tmp_path}/one"
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert_same_curve(curve(tmp_path / "one"), curve(tmp_path / "two"))  # epochs equal: 2 rows a step in both
+    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3, engine=engine)
+    assert two.stdout.startswith(f"distributed={engine}: 2 processes: accelerate launch --config_file ")
+    one = one_process_lora
+    assert_same_curve(curve(one), curve(tmp_path / "two"))  # epochs equal: 2 rows a step in both
     assert curve(tmp_path / "two")[0][1] == 2 / 80  # the shipped set's 80 rows, 2 a step: two processes ran
-    assert_same_curve(curve(tmp_path / "one", "grad_norm"), curve(tmp_path / "two", "grad_norm"))
+    assert_same_curve(curve(one, "grad_norm"), curve(tmp_path / "two", "grad_norm"))
+    assert_same_adapter(one, tmp_path / "two")
 
 
 @pytest.mark.slow
-def test_ddp_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(rlhf_cli, run_rlhf, tmp_path):
-    """2 processes x 1 pair against 1 process x 2 pairs: DPO's loss is the mean over pairs either way."""
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(
+    rlhf_cli, run_rlhf, tmp_path, engine
+):
+    """2 processes x 1 pair against 1 process x 2 pairs: DPO's loss is the mean over pairs either way (the
+    reference is the adapter disabled, under FSDP too)."""
     dpo = [*TINY, "method=dpo", "hardware.pref_grad_accum=1"]
-    two = two_processes(run_rlhf, tmp_path / "two", *dpo, "hardware.pref_batch_size=1")
-    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3)
+    two = two_processes(run_rlhf, tmp_path / "two", *dpo, "hardware.pref_batch_size=1", engine=engine)
+    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3, engine=engine)
     one = rlhf_cli(*dpo, "hardware.pref_batch_size=2", f"hydra.run.dir={tmp_path}/one")
     assert one.returncode == 0, one.stderr[-3000:]
     for key in ("loss", "rewards/margins", "grad_norm"):
         assert_same_curve(curve(tmp_path / "one", key), curve(tmp_path / "two", key))
     assert curve(tmp_path / "two")[-1][2] < curve(tmp_path / "two")[0][2]  # it learned something
+    assert_same_adapter(tmp_path / "one", tmp_path / "two")
+
+
+@pytest.mark.slow
+def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does(run_rlhf, tmp_path):
+    """accelerate's FSDP policy would return bf16 outputs, and DPO's loss computed on them is bf16: its first
+    value, where the policy is still the reference, is 0.69140625 instead of ln 2."""
+    out = two_processes(
+        run_rlhf, tmp_path / "run", "model=tiny", "hardware=cpu", "hardware.precision=bf16", "eval=none",
+        "logger=none", "method=dpo", "method.max_steps=1", engine="fsdp",
+    )  # fmt: skip
+    assert_rank0_wrote_the_run(tmp_path / "run", out, steps=1, engine="fsdp")
+    assert curve(tmp_path / "run")[0][2] == pytest.approx(math.log(2), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_stopped_fsdp_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_path):
+    """Ctrl-C, as a terminal sends it (SIGINT to the launch's process group), at step 2 of a two-process FSDP
+    run: the launcher passes it on once, both ranks finish the step and write their shards, and the launch
+    exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and adapter."""
+    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
+    overrides += ["distributed=fsdp", "distributed.num_processes=2", "checkpoint.every=1"]
+    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run = tmp_path / "stopped"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a shell gives a command
+    )  # fmt: skip
+    signal_at_step(run, 2, lambda: os.killpg(proc.pid, signal.SIGINT)).join(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr
+    record = json.loads((run / "interrupted.json").read_text())
+    assert 2 <= record["step"] < 30 and not (run / "model").exists()
+    stopped_at = run / "checkpoints" / f"step-{record['step']}"
+    assert sorted(p.name for p in stopped_at.glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+
+    resumed = run_rlhf(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == record["step"]
+    assert curve(run) == curve(tmp_path / "whole")
+    assert_same_adapter(tmp_path / "whole", run)
 
 
 @pytest.mark.slow

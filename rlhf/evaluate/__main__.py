@@ -57,23 +57,13 @@ def settings(argv: list[str]) -> tuple[Path, DictConfig]:
     return run, cfg
 
 
-def load_tuned(run: Path, base_model, cfg: DictConfig, hw):
-    """The run's model/: a PEFT adapter onto the (already loaded) base, or full weights."""
-    if (run / "model" / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        return PeftModel.from_pretrained(base_model, run / "model")
-    model_cfg = OmegaConf.merge(cfg.model, {"source": "pretrained", "path": str(run / "model")})
-    return models.load(model_cfg, hw, cfg.cache_dir)[0]
-
-
 def main(argv: list[str]) -> None:
     run, cfg = settings(argv)
     hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))  # as the run loaded it
     evaluate.check(cfg.eval)
     model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir)
     base = evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
-    tuned = load_tuned(run, model, cfg, hw)
+    tuned = models.load_trained(run / "model", cfg.model, hw, cfg.cache_dir, base=model)
     title = f"{cfg.method.name} on {cfg.model.name}, evaluated again"
     result = evaluate.after_training(cfg.eval, base, tuned, tokenizer, hw, run, title)
     print_eval_table(result)

@@ -277,7 +277,12 @@ def checkpoint_callback(inputs: Any):
                 control.should_training_stop = True
 
         def on_save(self, args, state, control, **kwargs):
-            if plan is None or not state.is_world_process_zero:
+            if plan is None:
+                return
+            # every rank writes its part (its RNG state; under FSDP its shard of the weights and optimizer):
+            # rank 0 moves the directory once all of them have
+            checkpoint.every_rank_here()
+            if not state.is_world_process_zero:
                 return
             plan.publish(
                 Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step, self.started

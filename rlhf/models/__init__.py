@@ -226,10 +226,30 @@ def keep_4bit_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def save(model, tokenizer, out: Path) -> None:
-    """Adapter (PEFT) or full weights, as safetensors, with the tokenizer: loads with transformers / peft."""
-    model.save_pretrained(out)
+def save(model, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """Adapter (PEFT) or full weights, as safetensors, with the tokenizer: loads with transformers / peft.
+
+    `state_dict`: the whole model's weights where the model itself holds only this process's shard (FSDP,
+    rlhf.distributed.gather_weights); peft keeps the adapter's entries of it, transformers all of them.
+    """
+    model.save_pretrained(out, **({} if state_dict is None else {"state_dict": state_dict}))
     tokenizer.save_pretrained(out)
+
+
+def load_trained(
+    model_dir: Path, cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm", base=None
+):
+    """A run's model/ as a user loads it: its PEFT adapter onto the base (`base`, or the one `cfg` names,
+    loaded now), or its full weights."""
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = base if base is not None else load(cfg, hw, cache_dir, head)[0]
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True)  # its trainable count as trained
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.merge(cfg, {"source": "pretrained", "path": str(model_dir)})
+    return load(saved, hw, cache_dir, head)[0]
 
 
 def save_merged(model, tokenizer, out: Path) -> None:
