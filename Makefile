@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m rlhf.models
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan bench-footprint bench-activations clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -70,6 +70,9 @@ bench-plan: $(STAMP) ## the memory plan's estimate vs published peak memory (GPU
 
 bench-footprint: $(STAMP) ## peak memory of each method's training on the embedded model beside s/step, malloc tuning on and off
 	$(PY) bench/footprint.py
+
+bench-activations: $(STAMP) ## what a DPO forward keeps for backward, by the line that saved it, beside the plan's term
+	$(PY) bench/activations.py
 
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

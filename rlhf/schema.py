@@ -121,6 +121,10 @@ class HardwareConfig:
     # each tile's float32 temporaries are what training's peak is made of: the cpu profile sets small tiles.
     head_tile_tokens: int = 0
     head_tile_vocab: int = 0
+    # training forwards run the decoder on a padded batch's real tokens only (rlhf.models.pack_padded_rows):
+    # fewer positions computed and saved for backward. Off where sdpa's packed mask would cost the GPU its
+    # flash kernel; the cpu profile sets it.
+    pack_rows: bool = False
     # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
     # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.
     memory_gb: float | None = MISSING

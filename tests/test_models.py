@@ -190,3 +190,77 @@ def test_the_attention_kernel_is_the_configured_one_and_scores_the_same(tiny):
         assert calls  # and the default does
     keep = batch["attention_mask"].bool()
     assert torch.allclose(eager_logits[keep], sdpa_logits[keep], atol=1e-5)
+
+
+def _positions_per_layer(model) -> list[int]:
+    """Each call's number of positions through the first decoder layer, recorded by a forward hook."""
+    seen: list[int] = []
+    layer = model.get_base_model().model.layers[0]
+    layer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0] * args[0].shape[1]))
+    return seen
+
+
+def test_packed_rows_score_a_padded_batch_as_padded_and_compute_only_its_tokens(tiny):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = tiny("hardware.precision=fp32")  # float32: packed and padded must agree to rounding
+    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    padded = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in padded.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    packed = copy.deepcopy(padded)
+    assert models.pack_padded_rows(packed)
+    seen = _positions_per_layer(packed)
+
+    lengths = [24, 9, 17, 3]  # right-padded rows of a preference batch
+    mask = (torch.arange(24)[None] < torch.tensor(lengths)[:, None]).long()
+    ids = torch.randint(5, model.config.vocab_size, mask.shape).masked_fill(mask == 0, 0)
+    logits = {}
+    for name, m in (("padded", padded), ("packed", packed)):
+        m.train()
+        out = m(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        (out.log_softmax(-1)[..., 7] * mask).sum().backward()
+        logits[name] = out[mask.bool()]
+    assert seen == [sum(lengths)]  # one row of the 53 tokens, not 4 x 24 positions
+    torch.testing.assert_close(logits["packed"], logits["padded"], rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(padded.named_parameters(), packed.named_parameters(), strict=True):
+        if a.requires_grad:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    # what it leaves as it came: eval mode, left padding, a full batch, generation with its cache
+    packed.eval()
+    with torch.no_grad():
+        packed(input_ids=ids, attention_mask=mask)
+        packed.train()
+        packed(input_ids=ids, attention_mask=mask.flip(1))
+        packed(input_ids=ids, attention_mask=torch.ones_like(mask))
+        packed.generate(input_ids=ids[:2, :3], attention_mask=torch.ones_like(ids[:2, :3]), max_new_tokens=2)
+    assert seen[1:4] == [ids.numel()] * 3 and seen[4] == 2 * 3  # the prefill of the 2 prompts, padded
+
+
+def test_packed_rows_give_a_reward_model_the_same_scores(make_cfg):
+    """A sequence classifier passes its ids to the decoder positionally and pools the last real token."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    cfg = make_cfg("model=tiny", "hardware=cpu", "hardware.precision=fp32")
+    model, _ = models.load(
+        cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, head="sequence-classification"
+    )
+    model.config.pad_token_id = 0
+    padded = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_CLS"))
+    packed = copy.deepcopy(padded)
+    models.pack_padded_rows(packed)
+    seen = _positions_per_layer(packed)
+    lengths = [5, 12, 8, 12]
+    mask = (torch.arange(12)[None] < torch.tensor(lengths)[:, None]).long()
+    ids = torch.randint(5, model.config.vocab_size, mask.shape).masked_fill(mask == 0, 0)
+    padded.train(), packed.train()
+    scores = [m(input_ids=ids, attention_mask=mask).logits for m in (padded, packed)]
+    assert seen == [sum(lengths)]
+    torch.testing.assert_close(scores[1], scores[0], rtol=1e-5, atol=1e-5)

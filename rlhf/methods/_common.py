@@ -208,13 +208,23 @@ def callbacks(inputs: Any) -> list:
 
 def fit(trainer: Any, inputs: Any):
     """trainer.train(), from the checkpoint the run resumes from, if any; what trains is float32, LoRA's
-    dropout is the method's and adapter layers take autocast's inputs as they come (rlhf.models)."""
-    from rlhf.models import adapter_inputs_follow_autocast, set_adapter_dropout, upcast_trainable
+    dropout is the method's, adapter layers take autocast's inputs as they come and, where the profile says,
+    the decoder runs on a padded batch's real tokens only (rlhf.models)."""
+    from rlhf.models import (
+        adapter_inputs_follow_autocast,
+        pack_padded_rows,
+        set_adapter_dropout,
+        upcast_trainable,
+    )
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
     if getattr(inputs.config, "lora_dropout", 0) > 0:  # TRL's preference trainers turn every dropout off
         set_adapter_dropout(trainer.model, inputs.config.lora_dropout)
     adapter_inputs_follow_autocast(trainer.model)
+    if inputs.hardware.pack_rows:
+        pack_padded_rows(trainer.model)
+        if getattr(trainer, "ref_model", None) is not None:  # a frozen copy: its passes packed alike
+            pack_padded_rows(trainer.ref_model, frozen=True)
     head_tiles(inputs.hardware)
     plan = inputs.checkpoints
     resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None

@@ -512,6 +512,18 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
             + (" (offloaded to CPU)" if offload else ""),
         )
     )
+    if not gpu and "8bit" in hw.optim.lower() and w.trains == "full":
+        # bitsandbytes' CPU kernels update a parameter's 8-bit states through float32 temporaries: its first
+        # step peaked ~5x the parameter's float32 size above the states (AdamW8bit, a 49152 x 576 embedding:
+        # +597 MB with 55 MB of states), so on a small model they outweigh what the 8-bit states save
+        largest = max([shape.vocab * shape.hidden] + [i * o for _, i, o in shape.linear])
+        out.append(
+            Term(
+                "8-bit update (CPU)",
+                5 * largest * 4,
+                f"bitsandbytes' CPU update: float32 temporaries, ~5 x the largest parameter ({count(largest)})",
+            )
+        )
     if w.reference == "copy":
         out.append(
             Term(

@@ -111,3 +111,46 @@ def test_the_cpu_profile_bounds_the_tiles_of_trls_fused_lm_head(make_cfg, monkey
     assert numel <= max(256 * 4096, 8192 * 32)  # a tile, or the head's own weight (its gradient)
     torch.testing.assert_close(logp, logp_trl)
     torch.testing.assert_close(grad, grad_trl, rtol=1e-4, atol=1e-6)
+
+
+def _uneven_pairs(n: int) -> list[dict]:
+    """Preference pairs of different lengths, so that every batch of them has padding."""
+    return [
+        {
+            "prompt": [{"role": "user", "content": "Question " + "and more " * (i % 5) + "?"}],
+            "chosen": [{"role": "assistant", "content": "yes please " * (1 + i % 4)}],
+            "rejected": [{"role": "assistant", "content": "no way " * (1 + (i * 3) % 7)}],
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("method", ["dpo", "rm"])
+def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp_path, method):
+    """hardware.pack_rows (the cpu profile's): a preference trainer's padded batches reach the decoder as
+    their tokens only, and training ends on the same weights as with the padding (float32: to rounding)."""
+    import importlib
+
+    import torch
+
+    from rlhf import models
+    from tests.conftest import make_inputs
+
+    train = importlib.import_module(f"rlhf.methods.{method}").train
+    weights, positions = {}, {}
+    for pack in (False, True):
+        overrides = ("model=tiny", "hardware=cpu", f"method={method}", "hardware.precision=fp32")
+        cfg = make_cfg(
+            *overrides, "method.max_steps=3", "method.learning_rate=1e-2", f"hardware.pack_rows={pack}"
+        )
+        head = "sequence-classification" if method == "rm" else "causal-lm"
+        torch.manual_seed(0)  # the reward head is initialised at random when the model loads
+        model, tokenizer = models.load(cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, head=head)
+        seen = positions[pack] = []
+        layer = model.model.layers[0]
+        layer.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0].shape[:2].numel()))
+        result = train(make_inputs(cfg, model, tokenizer, _uneven_pairs(12), tmp_path / str(pack)))
+        weights[pack] = {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
+    assert sum(positions[True]) < 0.9 * sum(positions[False])
+    for name, padded in weights[False].items():
+        torch.testing.assert_close(weights[True][name], padded, rtol=1e-4, atol=1e-5, msg=name)
