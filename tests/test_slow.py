@@ -34,5 +34,5 @@ def test_ppo_positive_raises_the_keyword_success_rate(run_rlhf, tmp_path):
     out = run_rlhf("experiment=ppo-positive", "method.max_steps=24", f"hydra.run.dir={tmp_path}/ppo")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    success = [r["success_rate"] for r in rows]
+    success = [r["success_rate"] for r in rows if "success_rate" in r]  # the monitor's alarm rows have none
     assert sum(success[-5:]) / 5 > sum(success[:5]) / 5 + 0.3, success
