@@ -6,8 +6,8 @@ Loads a method's model as a run does (the profile's dtype, the method's LoRA ada
 inputs under autocast), runs one forward of `--rows` x `--tokens` tokens under the profile's autocast with
 `torch.autograd.graph.saved_tensors_hooks` (half the rows padded by a quarter; with the profile's
 `hardware.pack_rows` the decoder sees their tokens only), and sums the bytes of every tensor autograd keeps
-(each storage once, the model's own parameters left out), grouped by the modeling line that saved it. The LM head is left
-out (`logits_to_keep=1`): TRL's methods score it in tiles (rlhf.plan's "LM head" term). The last line is
+(each storage once, the model's own parameters left out), grouped by the modeling line that saved it. The LM
+head is left out (`logits_to_keep=1`): TRL's methods score it in tiles (rlhf.plan's "LM head" term). The last line is
 rlhf.plan's "activations" term for the same rows and tokens, so the plan's per-token figure is checked
 against what autograd holds (the plan counts every position: an upper bound where rows are packed).
 """

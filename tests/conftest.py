@@ -157,6 +157,13 @@ def run_rlhf(cache_dir):
     return run
 
 
+def positions_through(layer) -> list[int]:
+    """Each forward's number of positions (rows x sequence) through `layer`, recorded by a forward hook."""
+    seen: list[int] = []
+    layer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:2].numel()))
+    return seen
+
+
 @contextlib.contextmanager
 def largest_tensor(floating_only: bool = False):
     """Counts the elements of the largest tensor any torch op creates inside the block: `.numel` of what

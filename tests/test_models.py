@@ -8,7 +8,7 @@ import re
 import torch
 
 from rlhf import hardware, models
-from tests.conftest import largest_tensor, sdpa_calls
+from tests.conftest import largest_tensor, positions_through, sdpa_calls
 
 
 def test_tiny_model_is_built_once_and_reused(make_cfg):
@@ -79,19 +79,32 @@ def _saved_bytes(model, ids) -> int:
     return sum(kept.values())
 
 
+def _adapted(model, task_type: str = "CAUSAL_LM"):
+    """`model` with LoRA r=4 on every linear layer, no dropout, and lora_B drawn at random (not peft's zeros),
+    so that the adapter changes what the model computes."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type=task_type)
+    adapted = get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    return adapted
+
+
+def _right_padded(lengths: list[int], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of rows of these lengths, padded on the right with id 0."""
+    mask = (torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]).long()
+    return torch.randint(5, vocab_size, mask.shape).masked_fill(mask == 0, 0), mask
+
+
 def test_adapter_layers_keep_no_copy_of_their_input_under_autocast(tiny):
     import copy
 
-    from peft import LoraConfig, get_peft_model
-
     # a frozen bf16 base, as the cpu profile loads it where the CPU computes bf16
     model, _ = tiny("hardware.model_dtype=bfloat16")
-    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    plain = get_peft_model(model, lora)
-    with torch.no_grad():
-        for name, p in plain.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
+    plain = _adapted(model)
     models.upcast_trainable(plain)  # the adapter in float32: peft copies every adapted layer's input to it
     hooked = copy.deepcopy(plain)
     assert models.adapter_inputs_follow_autocast(hooked) == 7 * model.config.num_hidden_layers
@@ -192,33 +205,17 @@ def test_the_attention_kernel_is_the_configured_one_and_scores_the_same(tiny):
     assert torch.allclose(eager_logits[keep], sdpa_logits[keep], atol=1e-5)
 
 
-def _positions_per_layer(model) -> list[int]:
-    """Each call's number of positions through the first decoder layer, recorded by a forward hook."""
-    seen: list[int] = []
-    layer = model.get_base_model().model.layers[0]
-    layer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0] * args[0].shape[1]))
-    return seen
-
-
 def test_packed_rows_score_a_padded_batch_as_padded_and_compute_only_its_tokens(tiny):
     import copy
 
-    from peft import LoraConfig, get_peft_model
-
     model, _ = tiny("hardware.precision=fp32")  # float32: packed and padded must agree to rounding
-    lora = LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    padded = get_peft_model(model, lora)
-    with torch.no_grad():
-        for name, p in padded.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
+    padded = _adapted(model)
     packed = copy.deepcopy(padded)
     assert models.pack_padded_rows(packed)
-    seen = _positions_per_layer(packed)
+    seen = positions_through(packed.get_base_model().model.layers[0])
 
     lengths = [24, 9, 17, 3]  # right-padded rows of a preference batch
-    mask = (torch.arange(24)[None] < torch.tensor(lengths)[:, None]).long()
-    ids = torch.randint(5, model.config.vocab_size, mask.shape).masked_fill(mask == 0, 0)
+    ids, mask = _right_padded(lengths, model.config.vocab_size)
     logits = {}
     for name, m in (("padded", padded), ("packed", packed)):
         m.train()
@@ -246,20 +243,17 @@ def test_packed_rows_give_a_reward_model_the_same_scores(make_cfg):
     """A sequence classifier passes its ids to the decoder positionally and pools the last real token."""
     import copy
 
-    from peft import LoraConfig, get_peft_model
-
     cfg = make_cfg("model=tiny", "hardware=cpu", "hardware.precision=fp32")
     model, _ = models.load(
         cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, head="sequence-classification"
     )
     model.config.pad_token_id = 0
-    padded = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="SEQ_CLS"))
+    padded = _adapted(model, "SEQ_CLS")
     packed = copy.deepcopy(padded)
     models.pack_padded_rows(packed)
-    seen = _positions_per_layer(packed)
+    seen = positions_through(packed.get_base_model().model.layers[0])
     lengths = [5, 12, 8, 12]
-    mask = (torch.arange(12)[None] < torch.tensor(lengths)[:, None]).long()
-    ids = torch.randint(5, model.config.vocab_size, mask.shape).masked_fill(mask == 0, 0)
+    ids, mask = _right_padded(lengths, model.config.vocab_size)
     padded.train(), packed.train()
     scores = [m(input_ids=ids, attention_mask=mask).logits for m in (padded, packed)]
     assert seen == [sum(lengths)]

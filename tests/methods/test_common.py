@@ -134,7 +134,7 @@ def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp
     import torch
 
     from rlhf import models
-    from tests.conftest import make_inputs
+    from tests.conftest import make_inputs, positions_through
 
     train = importlib.import_module(f"rlhf.methods.{method}").train
     weights, positions = {}, {}
@@ -146,9 +146,7 @@ def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp
         head = "sequence-classification" if method == "rm" else "causal-lm"
         torch.manual_seed(0)  # the reward head is initialised at random when the model loads
         model, tokenizer = models.load(cfg.model, hardware.resolve(cfg.hardware), cfg.cache_dir, head=head)
-        seen = positions[pack] = []
-        layer = model.model.layers[0]
-        layer.register_forward_hook(lambda m, args, out, seen=seen: seen.append(args[0].shape[:2].numel()))
+        positions[pack] = positions_through(model.model.layers[0])
         result = train(make_inputs(cfg, model, tokenizer, _uneven_pairs(12), tmp_path / str(pack)))
         weights[pack] = {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
     assert sum(positions[True]) < 0.9 * sum(positions[False])
