@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	# converted once into the cache (~/.cache/rlhf, or RLHF_CACHE_DIR), its base scores and sample generations
 	# for the default run computed once beside it (~2 min on 2 cores), so the first run does not pay for them
 	$(PY) -m rlhf.models
+	# DeepSpeed's shared-memory allreduce for CPU processes (distributed=deepspeed-* on a CPU), compiled once
+	# (~30 s) here rather than in the first such run; without a C++ compiler DeepSpeed falls back to gloo's
+	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null 2>&1 || true
 	@touch $(STAMP)
 
 .PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan bench-footprint bench-activations clean

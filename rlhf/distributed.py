@@ -82,28 +82,66 @@ def fsdp_on_cpu() -> None:
 
 
 def gather_weights(model) -> dict | None:
-    """The whole model's weights where FSDP holds them sharded: every process sends its shard, rank 0 receives
-    them on its CPU (a collective: each rank calls it at the same point). None for a model FSDP does not shard,
-    and on the other ranks."""
+    """The whole model's weights where FSDP or DeepSpeed ZeRO-3 holds them sharded: every process sends its
+    shard, rank 0 receives them on its CPU (a collective: each rank calls it at the same point). None for a
+    model neither shards, and on the other ranks."""
     from torch.distributed.fsdp import FSDPModule
-
-    if not any(isinstance(m, FSDPModule) for m in model.modules()):
-        return None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from rlhf.runtime import is_main_process
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        state = gather_zero3(model)
+    elif any(isinstance(m, FSDPModule) for m in model.modules()):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        return None
     if not is_main_process():
         return None
     first: dict[int, str] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         tied = first.setdefault(id(param), name)
-        if tied != name and tied in state and name in state:
+        if tied != name and tied in state:
             # one parameter under two names (an LM head tied to the embedding) comes back as two copies; as
             # one tensor, save_pretrained writes it once, as it does for the unsharded model
             state[name] = state[tied]
     return state
+
+
+def gather_zero3(model) -> dict:
+    """ZeRO-3's partitioned parameters, one at a time (at most one whole tensor beyond the shards in any
+    process), as deepspeed's own 16-bit save does; the state dict on rank 0, {} elsewhere. Buffers are not
+    partitioned."""
+    import deepspeed
+
+    from rlhf.runtime import is_main_process
+
+    main = is_main_process()
+    state: dict = {}
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+            if main:
+                state[name] = param.detach().to("cpu", copy=True)
+    if main:
+        kept = model.state_dict().keys()  # persistent buffers only (not a rotary embedding's inv_freq)
+        state.update((n, b.detach().to("cpu", copy=True)) for n, b in model.named_buffers() if n in kept)
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    # training is over: a model built from here (rank 0 reloads model/ to sample and evaluate) is built whole,
+    # not partitioned by zero.Init across processes that no longer take part
+    unset_hf_deepspeed_config()
+    return state
+
+
+def leave_launch() -> None:
+    """A rank other than 0 is done once the weights are gathered: it leaves the process group before it exits
+    (under ZeRO-3 an exit with the group still up aborts in DeepSpeed's threads and takes the launch down while
+    rank 0 still saves and evaluates)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def inside_launch() -> bool:
@@ -185,19 +223,6 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
     if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
         return
     method = cfg.method.name
-    if engine == "deepspeed" and stage == 3:
-        # rlhf.train saves model/, writes the after-samples and runs lm-eval on rank 0 alone once the method
-        # returns; under FSDP the ranks first gather the weights onto rank 0 (gather_weights), under ZeRO-3 not
-        p.check(
-            False,
-            "distributed",
-            name,
-            f"method={method}: after training rank 0 alone saves, samples and evaluates the model, and under "
-            "ZeRO-3 its weights stay partitioned across the processes (the run gathers FSDP's shards, not "
-            "DeepSpeed's)",
-            "use distributed=fsdp (sharded the same way, gathered for the save), or distributed=deepspeed-zero2",
-        )
-        return
     p.check(
         method not in OWN_LOOP,
         "distributed",
@@ -210,14 +235,25 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
         ),
         "use distributed=ddp",
     )
+    virtual = methods.get(method).adapter_kind(cfg.method) in ("prompt", "prefix")
     if engine == "fsdp":
         p.check(
-            methods.get(method).adapter_kind(cfg.method) not in ("prompt", "prefix"),
+            not virtual,
             "distributed",
             name,
             f"method={method}: peft runs the virtual tokens' embedding outside the forward FSDP wraps, so its "
             "weight is still a shard there (torch: 'got mixed torch.Tensor and DTensor')",
             "use distributed=ddp, or method=lora under FSDP",
+        )
+    if engine == "deepspeed" and stage == 3:
+        p.check(
+            not virtual,
+            "distributed",
+            name,
+            f"method={method}: a checkpoint's adapter is the virtual tokens' embedding computed by a forward on "
+            "rank 0 alone, and under ZeRO-3 a forward needs every rank (the run would hang at its first "
+            "checkpoint)",
+            "use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3",
         )
     p.check(
         not hw.load_in_4bit,
@@ -232,19 +268,6 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
 def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:
     """What the preset needs of this machine and of the command line, before any process starts."""
     p.one_of("distributed.engine", d.engine, ENGINES)
-    if d.engine == "deepspeed" and hw.device == "cpu":
-        # accelerate 1.15 turns DeepSpeed on only without cpu=True: on a CPU the processes would train plain
-        # data parallel under the preset's name (FSDP runs there: fsdp_on_cpu). Nothing else about the machine
-        # matters then.
-        p.check(
-            False,
-            "distributed",
-            d.name,
-            f"{'FSDP' if d.engine == 'fsdp' else 'DeepSpeed'} needs CUDA GPUs and this run trains on the CPU "
-            f"(hardware={hw.name}); accelerate would run it as plain data parallel",
-            "use distributed=ddp distributed.num_processes=2 on a CPU, or run on GPUs",
-        )
-        return
     if d.engine == "deepspeed":
         p.check(
             importlib.util.find_spec("deepspeed") is not None,
@@ -338,7 +361,9 @@ def accelerate_config(d: DictConfig, hw: Any, num_processes: int, run_dir: Path)
         "main_process_port": port,
         "rdzv_backend": "static",
         "same_network": True,
-        "use_cpu": hw.device == "cpu",
+        # DeepSpeed on CPU processes: accelerate turns it on only without use_cpu, and its CPU accelerator then
+        # talks over gloo (the trainer still trains on the CPU: its own use_cpu stays set)
+        "use_cpu": hw.device == "cpu" and d.engine != "deepspeed",
         "debug": False,
     }
     if d.main_process_ip:
@@ -365,7 +390,9 @@ def accelerate_config(d: DictConfig, hw: Any, num_processes: int, run_dir: Path)
         }
     if d.engine == "deepspeed":
         ds: dict[str, Any] = {"deepspeed_config_file": str(run_dir / DEEPSPEED_FILE)}
-        ds["zero3_init_flag"] = d.zero_stage == 3  # weights built sharded, never whole in one process
+        # accelerate's zero.Init flag; rlhf loads the model before the trainer exists, so each process still
+        # loads it whole and the engine partitions it (README: Several processes)
+        ds["zero3_init_flag"] = d.zero_stage == 3
         if d.num_machines > 1:
             ds["deepspeed_multinode_launcher"] = "standard"  # torchrun on each machine, as under Slurm
         out["deepspeed_config"] = ds

@@ -139,10 +139,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
     shutil.rmtree(checkpoint.incoming(run_dir), ignore_errors=True)  # the trainers' scratch directory
     if plan.stopping:
         interrupted(run_dir, plan, tracker)
-    from rlhf.distributed import gather_weights
+    from rlhf.distributed import gather_weights, leave_launch
 
     whole = gather_weights(result.model)  # under FSDP every rank sends its shard; rank 0 saves them
     if not is_main_process():
+        leave_launch()
         return None
 
     from rlhf import generation, hardware, plots, summary

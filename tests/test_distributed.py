@@ -53,19 +53,25 @@ def test_which_methods_each_engine_runs(make_cfg):
     validate(make_cfg("distributed=deepspeed-zero2", "method=dpo"))
     for method in ("lora", "sft", "dpo", "kto", "rm", "grpo", "rloo"):  # FSDP: gathered onto rank 0 to save
         validate(make_cfg("distributed=fsdp", f"method={method}"))
-    for preset in ("deepspeed-zero3", "deepspeed-zero3-offload"):
-        with pytest.raises(ConfigError) as err:
-            validate(make_cfg(f"distributed={preset}", "method=lora"))
-        (line,) = err.value.problems
-        assert line.startswith(f"distributed={preset}: method=lora: ") and "fix: use distributed=fsdp" in line
+    for method in ("lora", "sft", "dpo", "kto", "rm", "grpo", "rloo"):  # ZeRO-3: gathered onto rank 0 too
+        for preset in ("deepspeed-zero3", "deepspeed-zero3-offload"):
+            validate(make_cfg(f"distributed={preset}", f"method={method}"))
     for preset in ("deepspeed-zero2", "fsdp"):
         with pytest.raises(ConfigError) as err:
             validate(make_cfg(f"distributed={preset}", "method=ppo"))
         assert err.value.problems[0].startswith(f"distributed={preset}: method=ppo trains in its own")
     for method in ("prompt-tuning", "prefix-tuning"):
+        validate(make_cfg("distributed=deepspeed-zero2", f"method={method}"))
         with pytest.raises(ConfigError) as err:
             validate(make_cfg("distributed=fsdp", f"method={method}"))
         assert err.value.problems[0].startswith(f"distributed=fsdp: method={method}: peft runs the virtual")
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg("distributed=deepspeed-zero3", f"method={method}"))
+        (line,) = err.value.problems
+        assert line.startswith(f"distributed=deepspeed-zero3: method={method}: a checkpoint's adapter is")
+        assert line.endswith(
+            "fix: use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3"
+        )
     with pytest.raises(ConfigError) as err:
         validate(make_cfg("distributed=deepspeed-zero2", "hardware=cpu", "hardware.load_in_4bit=true"))
     assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero2")
@@ -115,9 +121,10 @@ def test_machine_checks_name_key_value_and_fix(make_cfg):
         "distributed.main_process_ip=null",
         "hydra.run.dir=null",
     ]
-    (line,) = problems("distributed=deepspeed-zero2", "distributed.num_processes=2")
-    assert line.startswith("distributed=deepspeed-zero2: ") and "needs CUDA GPUs" in line
-    assert problems("distributed=fsdp", "distributed.num_processes=2") == []  # FSDP runs on CPU processes
+    for preset in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):  # each runs on CPU processes (gloo)
+        assert problems(f"distributed={preset}", "distributed.num_processes=2") == []
+    (line,) = problems("distributed=deepspeed-zero3", "distributed.zero_stage=1", "distributed.num_processes=2")
+    assert line == "distributed.zero_stage=1: must be 2 or 3; fix: use 2 or 3"
 
 
 def accelerate_launch_settings(config_file: Path):
@@ -210,8 +217,7 @@ def test_deepspeed_accepts_each_json_once_the_trainer_fills_it(make_cfg, tiny, p
 @pytest.mark.parametrize(
     "preset,starts",
     [
-        ("deepspeed-zero2", "error: distributed=deepspeed-zero2: DeepSpeed needs CUDA GPUs"),
-        ("deepspeed-zero3", "error: distributed=deepspeed-zero3: method=lora: after training rank 0 alone"),
+        ("deepspeed-zero3", "error: distributed.num_processes=null: null means one process per visible GPU"),
         ("fsdp", "error: distributed.num_processes=null: null means one process per visible GPU"),
         ("ddp", "error: distributed.num_processes=null: null means one process per visible GPU"),
     ],
@@ -242,10 +248,16 @@ def assert_rank0_wrote_the_run(run: Path, out, steps: int, engine: str = "ddp") 
     assert [p.name for p in run.glob("summary*.json")] == ["summary.json"]
     assert (run / "model" / "adapter_model.safetensors").is_file()
     assert out.stdout.count("\n  saved to ") == 1  # one run table: rank 0 alone saved, sampled and reported
-    assert (run / "accelerate.yaml").is_file() and not (run / "deepspeed.json").exists()
-    # FSDP's checkpoints are its per-rank shards (the trainer saves them only when FSDP is in effect)
+    assert (run / "accelerate.yaml").is_file()
+    assert (run / "deepspeed.json").exists() == engine.startswith("deepspeed")
+    # FSDP's and DeepSpeed's checkpoints are their per-rank shards (the trainer writes them only when the
+    # engine is in effect)
     sharded = sorted(p.name for p in (run / "checkpoints").glob("step-*/pytorch_model_fsdp_*"))
     assert bool(sharded) == (engine == "fsdp"), sharded
+    zero = sorted(
+        p.name for p in (run / "checkpoints").glob("step-*/global_step*/zero_pp_rank_*_model_states.pt")
+    )
+    assert len(zero) == (2 if engine.startswith("deepspeed") else 0), zero
 
 
 def two_processes(run_rlhf, run: Path, *overrides: str, engine: str = "ddp"):
@@ -280,13 +292,16 @@ def one_process_lora(rlhf_cli, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "engine", ["ddp", "fsdp", pytest.param("deepspeed-zero2", marks=pytest.mark.slow), "deepspeed-zero3"]
+)
 def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
     one_process_lora, run_rlhf, tmp_path, engine
 ):
     """2 processes x batch 1 against 1 process x batch 1 x accumulation 2: the same rows per step (accelerate
     shards one shuffled order), and transformers averages the loss over the tokens of all of them. Under FSDP
-    each process holds half of every weight, and rank 0 saves the adapter gathered from both."""
+    each process holds half of every weight, and rank 0 saves the adapter gathered from both; under ZeRO-3
+    likewise (DeepSpeed's CPU accelerator talks over gloo)."""
     two = two_processes(
         run_rlhf,
         tmp_path / "two",
@@ -305,7 +320,7 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "deepspeed-zero3"])
 def test_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(
     rlhf_cli, run_rlhf, tmp_path, engine
 ):
@@ -335,12 +350,14 @@ def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does
 
 
 @pytest.mark.slow
-def test_a_stopped_fsdp_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero3"])
+def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_path, engine):
     """Ctrl-C, as a terminal sends it (SIGINT to the launch's process group), at step 2 of a two-process FSDP
-    run: the launcher passes it on once, both ranks finish the step and write their shards, and the launch
-    exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and adapter."""
+    (ZeRO-3) run: the launcher passes it on once, both ranks finish the step and write their shards, and the
+    launch exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and
+    adapter."""
     overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
-    overrides += ["distributed=fsdp", "distributed.num_processes=2", "checkpoint.every=1"]
+    overrides += [f"distributed={engine}", "distributed.num_processes=2", "checkpoint.every=1"]
     whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 

@@ -443,13 +443,15 @@ def group_policy_trainer(trainer_class: Any, args: Any, inputs: Any):
 def group_policy_result(trainer: Any, output: Any, inputs: Any):
     """GRPO's and RLOO's results: the last logged reward (the weighted sum, without a KL term) and the
     reward on the held-out prompts."""
+    from trl.models import unwrap_model_for_generation
+
     from rlhf.methods import Result
 
+    # every rank generates; under ZeRO-3 each first gathers the whole model, as the trainer does for rollouts
+    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+        heldout = heldout_reward(inputs, model)
     return Result(
         model=trainer.model,
         metrics=dict(output.metrics),
-        extra={
-            "final_reward_mean": last_logged(trainer, "reward"),
-            "heldout_reward_mean": heldout_reward(inputs, trainer.model),
-        },
+        extra={"final_reward_mean": last_logged(trainer, "reward"), "heldout_reward_mean": heldout},
     )
