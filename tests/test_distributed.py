@@ -123,7 +123,9 @@ def test_machine_checks_name_key_value_and_fix(make_cfg):
     ]
     for preset in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):  # each runs on CPU processes (gloo)
         assert problems(f"distributed={preset}", "distributed.num_processes=2") == []
-    (line,) = problems("distributed=deepspeed-zero3", "distributed.zero_stage=1", "distributed.num_processes=2")
+    (line,) = problems(
+        "distributed=deepspeed-zero3", "distributed.zero_stage=1", "distributed.num_processes=2"
+    )
     assert line == "distributed.zero_stage=1: must be 2 or 3; fix: use 2 or 3"
 
 
@@ -255,7 +257,7 @@ def assert_rank0_wrote_the_run(run: Path, out, steps: int, engine: str = "ddp") 
     sharded = sorted(p.name for p in (run / "checkpoints").glob("step-*/pytorch_model_fsdp_*"))
     assert bool(sharded) == (engine == "fsdp"), sharded
     zero = sorted(
-        p.name for p in (run / "checkpoints").glob("step-*/global_step*/zero_pp_rank_*_model_states.pt")
+        p.name for p in (run / "checkpoints").glob("step-*/global_step*/zero_pp_rank_*_optim_states.pt")
     )
     assert len(zero) == (2 if engine.startswith("deepspeed") else 0), zero
 
