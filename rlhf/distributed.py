@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 
 from rlhf import config, methods
 from rlhf.errors import RUN_START_FILES, Problems
+from rlhf.runtime import inside_launch, launch_zero_stage
 
 ACCELERATE_FILE = "accelerate.yaml"
 DEEPSPEED_FILE = "deepspeed.json"
@@ -144,11 +145,6 @@ def leave_launch() -> None:
         dist.destroy_process_group()
 
 
-def inside_launch() -> bool:
-    """True in a process that a launcher started as one rank of several (or of one, under torchrun)."""
-    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
-
-
 def is_launch_file(name: str) -> bool:
     """The files `launch` writes into a run directory before any process starts (a new run may have them)."""
     return (name.startswith("accelerate") and name.endswith(".yaml")) or name == DEEPSPEED_FILE
@@ -202,18 +198,6 @@ def in_effect(cfg: DictConfig) -> tuple[str, str, int]:
     if node is None:
         return "none", "none", 0
     return node.name, node.engine, node.zero_stage
-
-
-def launch_zero_stage() -> int:
-    """The ZeRO stage of the DeepSpeed launch this process is in: accelerate's variable, else its JSON."""
-    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
-        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
-    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
-    if path and Path(path).is_file():
-        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
-        if isinstance(stage, int):
-            return stage
-    return 2  # accelerate's own default
 
 
 def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
@@ -390,8 +374,8 @@ def accelerate_config(d: DictConfig, hw: Any, num_processes: int, run_dir: Path)
         }
     if d.engine == "deepspeed":
         ds: dict[str, Any] = {"deepspeed_config_file": str(run_dir / DEEPSPEED_FILE)}
-        # accelerate's zero.Init flag; rlhf loads the model before the trainer exists, so each process still
-        # loads it whole and the engine partitions it (README: Several processes)
+        # accelerate's zero.Init flag (for a script's own from_pretrained; rlhf builds the model it trains
+        # partitioned itself: rlhf.models.partitioned)
         ds["zero3_init_flag"] = d.zero_stage == 3
         if d.num_machines > 1:
             ds["deepspeed_multinode_launcher"] = "standard"  # torchrun on each machine, as under Slurm

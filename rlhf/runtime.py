@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import sys
@@ -169,3 +170,20 @@ def quiet_libraries() -> None:
     logging.getLogger("accelerate.utils.fsdp_utils").setLevel(logging.WARNING)
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def inside_launch() -> bool:
+    """True in a process that a launcher started as one rank of several (or of one, under torchrun)."""
+    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+
+
+def launch_zero_stage() -> int:
+    """The ZeRO stage of the DeepSpeed launch this process is in: accelerate's variable, else its JSON."""
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):
+        return int(os.environ["ACCELERATE_DEEPSPEED_ZERO_STAGE"])
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    if path and Path(path).is_file():
+        stage = json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage")
+        if isinstance(stage, int):
+            return stage
+    return 2  # accelerate's own default

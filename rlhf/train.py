@@ -65,29 +65,28 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         from transformers import set_seed
 
         set_seed(cfg.seed)  # a head the base lacks (rm's score) is initialised while loading
-        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir, method.HEAD)
+        model, tokenizer = models.load(cfg.model, hw, cfg.cache_dir, method.HEAD, to_train=True)
 
-        # the base model's scores, before training changes it (only rank 0 evaluates; cached per base model)
-        on_rank0 = evaluates and is_main_process()
-        base = (
-            evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
-            if on_rank0
-            else None
-        )
+        from rlhf.models.partitioned import whole_weights
 
-        from transformers import set_seed
-
-        set_seed(
-            cfg.seed
-        )  # adapter init and data order, whether the base eval ran, was cached or was skipped
-        # generations for fixed prompts before and after training (a reward model scores, it does not generate)
-        prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
-        samples = run_dir / "samples.jsonl"
-        if prompts and is_main_process() and resume_from is None:  # a resumed run has its "before" rows
-            before = evaluate.base_samples(
-                cfg.samples, cfg.model, hw, cfg.cache_dir, model, tokenizer, prompts
+        with whole_weights(model):  # under ZeRO-3 every rank gathers the weights for rank 0's use here
+            # the base model's scores, before training changes it (only rank 0 evaluates; cached per base model)
+            on_rank0 = evaluates and is_main_process()
+            base = (
+                evaluate.base_results(cfg.eval, cfg.model, hw, cfg.cache_dir, model, tokenizer)
+                if on_rank0
+                else None
             )
-            write_samples(samples, "before", prompts, before)
+            # adapter init and data order, whether the base eval ran, was cached or was skipped
+            set_seed(cfg.seed)
+            # generations for fixed prompts before and after training (a reward model scores, not generates)
+            prompts = data.sample_prompts(cfg.data, dataset) if method.HEAD == "causal-lm" else []
+            samples = run_dir / "samples.jsonl"
+            if prompts and is_main_process() and resume_from is None:  # a resumed run has its "before" rows
+                before = evaluate.base_samples(
+                    cfg.samples, cfg.model, hw, cfg.cache_dir, model, tokenizer, prompts
+                )
+                write_samples(samples, "before", prompts, before)
 
         from rlhf.metrics import MetricsFile
 

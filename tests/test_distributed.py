@@ -340,6 +340,33 @@ def test_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(
 
 
 @pytest.mark.slow
+def test_full_dpo_under_zero3_matches_one_process(rlhf_cli, run_rlhf, tmp_path):
+    """Full fine-tuning DPO under ZeRO-3: the weights load partitioned (zero.Init) and the frozen reference is
+    a copy partitioned the same way, each rank copying its own part; the curve and the gathered weights are
+    one process's at the same global batch (the first loss is ln 2: the reference is the policy)."""
+    dpo = [*TINY, "method=dpo", "method.adapter=none", "hardware.pref_grad_accum=1"]
+    two = two_processes(
+        run_rlhf, tmp_path / "two", *dpo, "hardware.pref_batch_size=1", engine="deepspeed-zero3"
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = rlhf_cli(*dpo, "hardware.pref_batch_size=2", f"hydra.run.dir={tmp_path}/one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    for key in ("loss", "grad_norm"):
+        assert_same_curve(curve(tmp_path / "one", key), curve(tmp_path / "two", key))
+    assert curve(tmp_path / "two")[0][2] == pytest.approx(math.log(2), abs=1e-6)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch_close(a[k], b[k]) for k in a)
+
+
+def torch_close(a, b) -> bool:
+    return bool(((a - b).norm() <= TOLERANCE * max(a.norm(), 1e-12)).item())
+
+
+@pytest.mark.slow
 def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does(run_rlhf, tmp_path):
     """accelerate's FSDP policy would return bf16 outputs, and DPO's loss computed on them is bf16: its first
     value, where the policy is still the reference, is 0.69140625 instead of ln 2."""

@@ -96,8 +96,15 @@ def frozen_copy(model):
     in memory or converted from GGUF."""
     import copy
 
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
+    from rlhf.models import contiguous_head_input
+    from rlhf.models.partitioned import partitioned_copy
+
+    ref = partitioned_copy(model)  # under ZeRO-3: partitioned like the model (a deep copy cannot be)
+    if ref is None:
+        ref = copy.deepcopy(model)
+    else:
+        contiguous_head_input(ref)  # as models.load gives the model (a deep copy carries its hooks)
+    ref.eval().requires_grad_(False)
     return ref
 
 

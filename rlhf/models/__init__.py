@@ -18,10 +18,12 @@ from rlhf.errors import UserError
 from rlhf.models.sources import config_of, local_dir
 
 
-def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
+def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm", to_train: bool = False):
     """(model, tokenizer) ready to train on the profile's device.
 
     `head` is causal-lm, or sequence-classification for a reward model (one score per sequence).
+    `to_train`: the model a run trains; inside a ZeRO-3 launch its weights are built partitioned across the
+    processes (a model loaded to score or sample is built whole).
     """
     from transformers import (
         AutoConfig,
@@ -45,6 +47,10 @@ def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     quant = hardware.quantization(hw, count_params(config) / 1e9)
+    from rlhf.models.partitioned import load_partitioned
+
+    # under ZeRO-3 the weights are built partitioned across the processes (and DeepSpeed places them)
+    partitioned = to_train and quant is None and load_partitioned(config, hw.precision)
     auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
     extra = {} if head == "causal-lm" else {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
     try:
@@ -54,7 +60,7 @@ def load(cfg: DictConfig, hw: Any, cache_dir: str, head: str = "causal-lm"):
             **extra,
             dtype=hardware.dtype(hw.model_dtype),
             quantization_config=quant,
-            device_map={"": hardware.device(hw)},
+            device_map=None if partitioned else {"": hardware.device(hw)},
             use_safetensors=True,
             attn_implementation=cfg.attn_implementation,
         )

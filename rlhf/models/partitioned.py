@@ -1,0 +1,96 @@
+"""Models that DeepSpeed ZeRO-3 holds partitioned across a launch's processes: built that way from the start,
+and made whole for a block where one rank alone needs the weights."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rlhf.runtime import inside_launch, launch_zero_stage
+
+_ZERO3_LOAD = None  # transformers keeps only a weak reference to the config that turns zero.Init on
+
+
+def load_partitioned(model_config: Any, precision: str) -> bool:
+    """Inside a ZeRO-3 launch, have transformers build the model's weights partitioned across the processes
+    (deepspeed.zero.Init), as it does once a trainer's DeepSpeed config exists; rlhf loads the model before
+    the trainer, so no process then holds it whole. True when it does (the model then loads without a
+    device_map: DeepSpeed places it). Only ZeRO's own section and the dtype matter to zero.Init; the batch
+    entries are placeholders its parser needs, replaced by the trainer's config."""
+    global _ZERO3_LOAD
+    hidden = getattr(model_config, "hidden_size", None)
+    if not (
+        inside_launch()
+        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and launch_zero_stage() == 3
+        and isinstance(hidden, int)
+    ):
+        return False
+    from transformers.integrations import HfDeepSpeedConfig
+
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "")
+    ds = json.loads(Path(path).read_text()) if path and Path(path).is_file() else {}
+    zero = {**ds.get("zero_optimization", {}), "stage": 3}
+    sizes = {  # transformers' own values for these "auto" entries
+        "reduce_bucket_size": hidden * hidden,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "stage3_param_persistence_threshold": 10 * hidden,
+    }
+    zero.update({k: v for k, v in sizes.items() if zero.get(k, "auto") == "auto"})
+    _ZERO3_LOAD = HfDeepSpeedConfig(
+        {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": precision == "bf16"},
+            "fp16": {"enabled": precision == "fp16"},
+            "zero_optimization": zero,
+        }
+    )
+    return True
+
+
+@contextlib.contextmanager
+def whole_weights(model):
+    """Every weight of a ZeRO-3-partitioned model whole in each process for the block (a collective: every
+    rank enters it), so rank 0 can score and sample the base model on its own; otherwise nothing."""
+    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield model
+        return
+    import deepspeed
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    # rank 0 runs alone in the block: transformers would otherwise take ZeRO-3 as in effect and generate with
+    # synced_gpus (a collective each token, which the other ranks never join)
+    held = (
+        hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
+    )
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        hf_deepspeed.unset_hf_deepspeed_config()
+        try:
+            yield model
+        finally:
+            if held is not None:
+                hf_deepspeed.set_hf_deepspeed_config(held)
+
+
+def partitioned_copy(model):
+    """A copy of a ZeRO-3-partitioned model (a full-training method's frozen reference), built partitioned the
+    same way (zero.Init, the same shapes over the same processes) with each rank copying its own partition:
+    no rank holds it whole and nothing crosses processes. None for a model that is not partitioned."""
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return None
+    copy = type(model)._from_config(model.config, dtype=params[0].dtype)
+    for (name, mine), (_, theirs) in zip(model.named_parameters(), copy.named_parameters(), strict=True):
+        if theirs.ds_tensor.shape != mine.ds_tensor.shape:
+            raise RuntimeError(
+                f"{name}: the copy's partition {theirs.ds_tensor.shape} is not {mine.ds_tensor.shape}"
+            )
+        theirs.ds_tensor.data.copy_(mine.ds_tensor.data)
+    for (_, mine), (_, theirs) in zip(model.named_buffers(), copy.named_buffers(), strict=True):
+        theirs.data.copy_(mine.data)  # buffers are not partitioned
+    return copy
