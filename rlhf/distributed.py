@@ -136,12 +136,13 @@ def gather_zero3(model) -> dict:
 
 
 def leave_launch() -> None:
-    """A rank other than 0 is done once the weights are gathered: it leaves the process group before it exits
-    (under ZeRO-3 an exit with the group still up aborts in DeepSpeed's threads and takes the launch down while
-    rank 0 still saves and evaluates)."""
+    """A rank other than 0 is done once the weights are gathered. Under DeepSpeed it leaves the process group
+    before it exits: a ZeRO-3 rank that exited with the group still up aborted ("terminate called without an
+    active exception") and took the launch down while rank 0 still saved and evaluated. Under ddp and FSDP the
+    ranks exit as they did."""
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and dist.is_initialized():
         dist.destroy_process_group()
 
 
