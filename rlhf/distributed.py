@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 
 from rlhf import config, methods
 from rlhf.errors import RUN_START_FILES, Problems
-from rlhf.runtime import inside_launch, launch_zero_stage
+from rlhf.runtime import inside_launch, launch_engine, launch_zero_stage
 
 ACCELERATE_FILE = "accelerate.yaml"
 DEEPSPEED_FILE = "deepspeed.json"
@@ -51,7 +51,7 @@ def fsdp_on_cpu() -> None:
     takes the plugin as it would on GPUs, with a mixed precision policy that trains as ddp with autocast does.
     Nothing changes in any other process, nor on GPUs.
     """
-    if not (inside_launch() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"):
+    if launch_engine() != "fsdp":
         return
     from accelerate import state
     from accelerate.utils import DistributedType
@@ -88,9 +88,10 @@ def gather_weights(model) -> dict | None:
     model neither shards, and on the other ranks."""
     from torch.distributed.fsdp import FSDPModule
 
+    from rlhf.models.partitioned import is_partitioned
     from rlhf.runtime import is_main_process
 
-    if any(hasattr(p, "ds_id") for p in model.parameters()):
+    if is_partitioned(model):
         state = gather_zero3(model)
     elif any(isinstance(m, FSDPModule) for m in model.modules()):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -142,7 +143,7 @@ def leave_launch() -> None:
     ranks exit as they did."""
     import torch.distributed as dist
 
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and dist.is_initialized():
+    if launch_engine() == "deepspeed" and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -188,13 +189,12 @@ def in_effect(cfg: DictConfig) -> tuple[str, str, int]:
     Inside a launch, the launcher's own settings (accelerate gives its children ACCELERATE_USE_FSDP /
     ACCELERATE_USE_DEEPSPEED); outside, the composed preset.
     """
-    if inside_launch():
-        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-            return "fsdp", "fsdp", 0
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-            stage = launch_zero_stage()
-            return f"deepspeed-zero{stage}", "deepspeed", stage
-        return "ddp", "ddp", 0
+    engine = launch_engine()
+    if engine == "deepspeed":
+        stage = launch_zero_stage()
+        return f"deepspeed-zero{stage}", "deepspeed", stage
+    if engine:
+        return engine, engine, 0
     node = cfg.get("distributed")  # a run's saved config from before this group existed has none
     if node is None:
         return "none", "none", 0

@@ -177,6 +177,17 @@ def inside_launch() -> bool:
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
 
 
+def launch_engine() -> str:
+    """The engine of the launch this process is a rank of, as accelerate tells its children (ACCELERATE_USE_FSDP,
+    ACCELERATE_USE_DEEPSPEED): fsdp, deepspeed or ddp; "" outside a launch."""
+    if not inside_launch():
+        return ""
+    for engine in ("fsdp", "deepspeed"):
+        if os.environ.get(f"ACCELERATE_USE_{engine.upper()}", "false").lower() == "true":
+            return engine
+    return "ddp"
+
+
 def launch_zero_stage() -> int:
     """The ZeRO stage of the DeepSpeed launch this process is in: accelerate's variable, else its JSON."""
     if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE"):

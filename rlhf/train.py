@@ -140,7 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         interrupted(run_dir, plan, tracker)
     from rlhf.distributed import gather_weights, leave_launch
 
-    whole = gather_weights(result.model)  # under FSDP every rank sends its shard; rank 0 saves them
+    whole = gather_weights(result.model)  # under FSDP or ZeRO-3 every rank sends its shard; rank 0 saves them
     if not is_main_process():
         leave_launch()
         return None

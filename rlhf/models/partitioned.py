@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rlhf.runtime import inside_launch, launch_zero_stage
+from rlhf.runtime import launch_engine, launch_zero_stage
 
 _ZERO3_LOAD = None  # transformers keeps only a weak reference to the config that turns zero.Init on
 
@@ -22,12 +22,7 @@ def load_partitioned(model_config: Any, precision: str) -> bool:
     entries are placeholders its parser needs, replaced by the trainer's config."""
     global _ZERO3_LOAD
     hidden = getattr(model_config, "hidden_size", None)
-    if not (
-        inside_launch()
-        and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-        and launch_zero_stage() == 3
-        and isinstance(hidden, int)
-    ):
+    if not (launch_engine() == "deepspeed" and launch_zero_stage() == 3 and isinstance(hidden, int)):
         return False
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -52,12 +47,16 @@ def load_partitioned(model_config: Any, precision: str) -> bool:
     return True
 
 
+def is_partitioned(model) -> bool:
+    """Whether ZeRO-3 holds the model's weights partitioned (DeepSpeed marks each such parameter with an id)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
 @contextlib.contextmanager
 def whole_weights(model):
     """Every weight of a ZeRO-3-partitioned model whole in each process for the block (a collective: every
     rank enters it), so rank 0 can score and sample the base model on its own; otherwise nothing."""
-    partitioned = [p for p in model.parameters() if hasattr(p, "ds_id")]
-    if not partitioned:
+    if not is_partitioned(model):
         yield model
         return
     import deepspeed
@@ -68,7 +67,7 @@ def whole_weights(model):
     held = (
         hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
     )
-    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
         hf_deepspeed.unset_hf_deepspeed_config()
         try:
             yield model
@@ -81,10 +80,9 @@ def partitioned_copy(model):
     """A copy of a ZeRO-3-partitioned model (a full-training method's frozen reference), built partitioned the
     same way (zero.Init, the same shapes over the same processes) with each rank copying its own partition:
     no rank holds it whole and nothing crosses processes. None for a model that is not partitioned."""
-    params = list(model.parameters())
-    if not any(hasattr(p, "ds_id") for p in params):
+    if not is_partitioned(model):
         return None
-    copy = type(model)._from_config(model.config, dtype=params[0].dtype)
+    copy = type(model)._from_config(model.config, dtype=next(model.parameters()).dtype)
     for (name, mine), (_, theirs) in zip(model.named_parameters(), copy.named_parameters(), strict=True):
         if theirs.ds_tensor.shape != mine.ds_tensor.shape:
             raise RuntimeError(
