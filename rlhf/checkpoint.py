@@ -5,7 +5,9 @@ when it is whole, and marked complete last: a directory without the marker (a ru
 never resumed from. The newest `keep` complete checkpoints stay.
 
 SIGINT and SIGTERM (a scheduler's preemption) ask the run to finish its current step, save a checkpoint and
-stop; a second signal stops at once.
+stop; a second signal stops at once. The same signal again within REPEAT_S of the first is that one delivered
+twice, not a second request: a scheduler (Slurm) signals every process of a job, and a launcher passes the
+signal on to its processes as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = "complete.json"
+# seconds within which the first stop signal arriving again counts as the same signal delivered twice
+REPEAT_S = 2.0
 STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -169,13 +173,37 @@ class Plan:
         return self.stop is not None and self.stop.requested
 
 
-class StopRequest:
-    """The first SIGINT / SIGTERM sets `signal` (the run stops at its next step boundary, after a checkpoint);
-    a second one of either stops the process at once, as if no handler were installed."""
+class FirstSignal:
+    """The first stop signal a process got, to tell a second request from the first one delivered twice."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._at = 0.0
+
+    def take(self, signum: int) -> None:
+        self.signal, self._at = signum, time.monotonic()
+
+    def repeats(self, signum: int) -> bool:
+        """Whether `signum` is the first signal again within REPEAT_S (a scheduler's and a launcher's copy)."""
+        return signum == self.signal and time.monotonic() - self._at < REPEAT_S
+
+
+class StopRequest:
+    """The first SIGINT / SIGTERM sets `signal` (the run stops at its next step boundary, after a checkpoint);
+    a second one of either stops the process at once, as if no handler were installed (the first again within
+    REPEAT_S is not a second one)."""
+
+    def __init__(self) -> None:
+        self._first = FirstSignal()
         self._previous: dict[int, object] = {}
+
+    @property
+    def signal(self) -> int | None:
+        return self._first.signal
+
+    @signal.setter
+    def signal(self, signum: int | None) -> None:  # Plan.agree: another rank's signal
+        self._first.take(signum)
 
     def install(self) -> StopRequest:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -188,6 +216,8 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
+        if self._first.repeats(signum):
+            return
         if self.signal is not None:  # the second signal: stop now
             self.uninstall()
             signal.signal(signum, signal.SIG_DFL)

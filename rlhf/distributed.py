@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from rlhf import config, methods
+from rlhf import checkpoint, config, methods
 from rlhf.errors import RUN_START_FILES, Problems
 from rlhf.runtime import inside_launch, launch_engine, launch_zero_stage
 
@@ -505,13 +506,48 @@ def launch_job(cfg: DictConfig, overrides: list[str], job_dir: Path) -> float | 
 
 
 def run(command: list[str]) -> int:
-    """Run the launcher and wait for it. Ctrl-C reaches its processes too (one process group): they stop at
-    a step boundary and checkpoint, and the launcher's status is returned once they have."""
+    """Run the launcher and wait for it; its exit status.
+
+    A SIGINT or SIGTERM this process gets is passed on to the launcher, and this process goes on waiting:
+    the launch's processes stop at a step boundary and checkpoint, and the launcher's status (128 + n) is
+    returned once they have. A Ctrl-C at a terminal, or a signal to the whole process group, also reaches the
+    launcher directly: it takes the two as one (rlhf.checkpoint.REPEAT_S).
+    """
     proc = subprocess.Popen(command)
+    first = checkpoint.FirstSignal()
+
+    def pass_on(signum: int, frame) -> None:
+        if not first.repeats(signum):
+            first.take(signum)
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return proc.wait()
-    except KeyboardInterrupt:
-        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def agent_signal_handler(handler):
+    """torch's elastic agent's handler for a stop signal, made to take a signal delivered twice (by a scheduler
+    that signals every process and by `run` passing it on) as one, and to pass a second request on to the
+    training processes (each in a session of its own, so a terminal's second Ctrl-C reaches only the agent)
+    before the agent stops waiting for them."""
+    first = checkpoint.FirstSignal()
+
+    def handle(signum: int, frame) -> None:
+        if first.repeats(signum):
+            return
+        if first.signal is not None:  # a second request: the processes stop at once too
+            import psutil
+
+            for child in psutil.Process().children():
+                child.send_signal(signum)
+        first.take(signum)
+        handler(signum, frame)  # raises SignalException: the agent shuts its processes down
+
+    return handle
 
 
 def launcher_main() -> None:
@@ -521,11 +557,15 @@ def launcher_main() -> None:
     its own: a Ctrl-C (or a SIGTERM) reaches the agent, which passes it on to them once; they finish their
     step, checkpoint and exit 128 + n (rlhf.checkpoint.StopRequest). The agent would then end with a
     traceback and status 1, and kill them 30 s after the signal. Here it gives them STOP_GRACE_S (unless
-    TORCH_ELASTIC_SHUTDOWN_TIMEOUT is set) and ends with 128 + n, as a one-process run does.
+    TORCH_ELASTIC_SHUTDOWN_TIMEOUT is set) and ends with 128 + n, as a one-process run does; a signal that
+    reaches it twice counts once (agent_signal_handler).
     """
+    from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_GRACE_S))
+    # PContext.start installs the module's handler by name when the processes start
+    api._terminate_process_handler = agent_signal_handler(api._terminate_process_handler)
     from accelerate.commands.launch import main
 
     try:

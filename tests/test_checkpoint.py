@@ -224,6 +224,34 @@ def test_a_resumed_run_continues_its_wandb_run(rlhf_cli, tmp_path):
     assert f"wandb sync {run_dir}/wandb/offline-run-*-{run_id}" in resumed.stdout
 
 
+def test_the_same_signal_twice_at_once_is_one_request_and_a_later_one_stops_at_once(tmp_path):
+    """Slurm signals every process of a job and a launcher passes the signal on too, so a training process gets
+    the same SIGTERM twice: that is one request (finish the step and checkpoint), not the second one that
+    stops the process at once; a signal after REPEAT_S is the second one."""
+    script = tmp_path / "stopped.py"
+    script.write_text(
+        "import os, signal, time\n"
+        "from rlhf import checkpoint\n"
+        "stop = checkpoint.StopRequest().install()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the scheduler's\n"
+        "time.sleep(0.2)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy\n"
+        "time.sleep(0.2)\n"
+        "print('stopping on', stop.signal, flush=True)\n"
+        "time.sleep(checkpoint.REPEAT_S)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # a second request\n"
+        "time.sleep(5)\n"
+        "print('still running', flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    said = [line for line in out.stdout.splitlines() if line.startswith(("stopping", "still", "SIGTERM"))]
+    assert said == [  # the handler's line once, then the script's
+        "SIGTERM: finishing this step, saving a checkpoint, then stopping (again: stop at once)",
+        f"stopping on {int(signal.SIGTERM)}",
+    ], out.stderr[-2000:]
+    assert out.returncode == -signal.SIGTERM
+
+
 def _agree_on_two_ranks(rank: int, port: int, wants: list[dict], out: Path) -> None:
     """One rank of test_the_ranks_agree_to_save_and_stop_when_any_one_asks: set what this rank alone saw,
     agree, and write what the plan decided."""

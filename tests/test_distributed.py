@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rlhf import distributed
+from rlhf import checkpoint, distributed
 from rlhf.errors import ConfigError, Problems
 from rlhf.validate import validate
 from tests.conftest import CONF, ROOT, environment
@@ -415,6 +415,56 @@ def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_
     assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == record["step"]
     assert curve(run) == curve(tmp_path / "whole")
     assert_same_adapter(tmp_path / "whole", run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["the process group", "the top process", "every process"])
+def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(run_rlhf, cache_dir, tmp_path, to):
+    """A scheduler's SIGTERM: a shell's `kill -- -PGID` reaches the top process and the launcher, `kill PID`
+    the top process alone, Slurm every process of the job (the training processes get it from Slurm and from
+    the launcher). Each way, the top process waits for the launch, the ranks finish the step, checkpoint and
+    stop, and the command exits 128 + 15 with interrupted.json and nothing left running."""
+    import psutil
+
+    run = tmp_path / "stopped"
+    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
+    overrides += [
+        "distributed=ddp",
+        "distributed.num_processes=2",
+        "checkpoint.every=1",
+        f"hydra.run.dir={run}",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf", *overrides],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    top = psutil.Process(proc.pid)
+
+    def send():
+        if to == "the process group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        elif to == "the top process":
+            top.send_signal(signal.SIGTERM)
+        else:
+            for p in [top, *top.children(recursive=True)]:
+                p.send_signal(signal.SIGTERM)
+
+    children = []
+    signal_at_step(run, 2, lambda: (children.extend(top.children(recursive=True)), send())).join(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    record = json.loads((run / "interrupted.json").read_text())
+    assert 2 <= record["step"] < 30 and not (run / "model").exists()
+    stopped_at = run / "checkpoints" / f"step-{record['step']}"
+    assert (stopped_at / checkpoint.MARKER).is_file()
+    assert sorted(p.name for p in stopped_at.glob("rng_state_*.pth")) == [
+        "rng_state_0.pth",
+        "rng_state_1.pth",
+    ]
+    assert len(children) >= 3 and not [c for c in children if c.is_running() and c.status() != "zombie"]
 
 
 @pytest.mark.slow
