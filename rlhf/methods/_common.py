@@ -293,6 +293,10 @@ def checkpoint_callback(inputs: Any):
             if plan.ends_here(state.global_step) and control.should_save:  # once it can be saved
                 control.should_training_stop = True
 
+        def on_evaluate(self, args, state, control, **kwargs):
+            # the trainer scores its held-out rows between the step and the save: the save starts after
+            self.started = time.time()
+
         def on_save(self, args, state, control, **kwargs):
             if plan is None:
                 return
