@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 
 from rlhf import checkpoint, config, methods
 from rlhf.errors import RUN_START_FILES, Problems
-from rlhf.runtime import inside_launch, launch_engine, launch_zero_stage
+from rlhf.runtime import die_with_parent, inside_launch, launch_engine, launch_zero_stage
 
 ACCELERATE_FILE = "accelerate.yaml"
 DEEPSPEED_FILE = "deepspeed.json"
@@ -558,12 +558,16 @@ def launcher_main() -> None:
     step, checkpoint and exit 128 + n (rlhf.checkpoint.StopRequest). The agent would then end with a
     traceback and status 1, and kill them 30 s after the signal. Here it gives them STOP_GRACE_S (unless
     TORCH_ELASTIC_SHUTDOWN_TIMEOUT is set) and ends with 128 + n, as a one-process run does; a signal that
-    reaches it twice counts once (agent_signal_handler).
+    reaches it twice counts once (agent_signal_handler). It gets a SIGTERM when the process that started it
+    dies, and its processes a SIGKILL when it dies (rlhf.runtime.startup).
     """
     from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_GRACE_S))
+    # the top `python -m rlhf` killed outright (kill -9 PID): its launch stops as on a SIGTERM, at a step
+    # boundary with a checkpoint, instead of training on unattended (the ranks end with the agent: startup)
+    die_with_parent(signal.SIGTERM)
     # PContext.start installs the module's handler by name when the processes start
     api._terminate_process_handler = agent_signal_handler(api._terminate_process_handler)
     from accelerate.commands.launch import main

@@ -16,11 +16,37 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.
 
 
 def startup() -> None:
-    """What every entrypoint does first: memory and BLAS tuning, quiet libraries."""
+    """What every entrypoint does first: memory and BLAS tuning, quiet libraries; a launch's rank ends with
+    its launcher."""
     tune_malloc()
     tune_onednn()
     tune_blas()
     quiet_libraries()
+    if inside_launch():
+        import signal
+
+        # torch's elastic agent runs each rank in a session of its own: a `kill -9` of the launch's process
+        # group (or of the agent) left them training on, unattended, to the run's end
+        die_with_parent(signal.SIGKILL)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(signum: int) -> None:
+    """Ask Linux to send this process `signum` when its parent exits (prctl PR_SET_PDEATHSIG); elsewhere,
+    nothing. A parent already gone by the time it is set sends it at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signum), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it exited between the two calls
+        os.kill(os.getpid(), signum)
 
 
 def is_main_process() -> bool:

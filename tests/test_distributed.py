@@ -468,6 +468,55 @@ def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(run_rlhf, c
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("to", ["the process group", "the top process"])
+def test_a_killed_launch_leaves_no_rank_running_and_resumes_to_the_same_end(
+    run_rlhf, cache_dir, tmp_path, to
+):
+    """`kill -9` of the launch's process group: torch's agent runs each rank in a session of its own, and the
+    ranks trained on unattended to the run's end; they now die with the agent. `kill -9` of the top process
+    alone: the agent stops the launch as on a SIGTERM (a checkpoint, interrupted.json). Either way nothing is
+    left running, and resume= ends on the uninterrupted run's curve and adapter."""
+    import psutil
+
+    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
+    overrides += ["distributed=ddp", "distributed.num_processes=2", "checkpoint.every=1"]
+    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    top = psutil.Process(proc.pid)
+    children = []
+
+    def kill():
+        children.extend(top.children(recursive=True))
+        if to == "the process group":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            top.kill()
+
+    signal_at_step(run, 2, kill).join(timeout=300)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(children, timeout=120)
+    assert len(children) >= 3 and not alive
+    stopped = json.loads((run / "interrupted.json").read_text())["step"] if to == "the top process" else None
+    assert not (run / "model").exists()
+    last = max(checkpoint.step_of(c) for c in checkpoint.complete(run))
+    assert last < 30 and (stopped is None or stopped == last)
+
+    resumed = run_rlhf(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == last
+    assert curve(run) == curve(tmp_path / "whole")
+    assert_same_adapter(tmp_path / "whole", run)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "ppo"])
 def test_ddp_runs_the_rl_methods_on_two_processes(run_rlhf, tmp_path, method):
     run = tmp_path / "run"
