@@ -568,8 +568,10 @@ def launcher_main() -> None:
     # the top `python -m rlhf` killed outright (kill -9 PID): its launch stops as on a SIGTERM, at a step
     # boundary with a checkpoint, instead of training on unattended (the ranks end with the agent: startup)
     die_with_parent(signal.SIGTERM)
-    # PContext.start installs the module's handler by name when the processes start
-    api._terminate_process_handler = agent_signal_handler(api._terminate_process_handler)
+    # PContext.start installs the module's handler by name when the processes start (torch 2.13; where it
+    # is named otherwise, the agent keeps its own handler)
+    if hasattr(api, "_terminate_process_handler"):
+        api._terminate_process_handler = agent_signal_handler(api._terminate_process_handler)
     from accelerate.commands.launch import main
 
     try:
