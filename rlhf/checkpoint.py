@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MARKER = "complete.json"
+INTERRUPTED = "interrupted.json"  # a run stopped by a signal: its step and the command that resumes it
 # seconds within which the first stop signal arriving again counts as the same signal delivered twice
 REPEAT_S = 2.0
 STEP = re.compile(r"^step-(\d+)$")
@@ -189,13 +190,17 @@ class FirstSignal:
 
 
 class StopRequest:
-    """The first SIGINT / SIGTERM sets `signal` (the run stops at its next step boundary, after a checkpoint);
+    """The first SIGINT / SIGTERM (or one of `extra`) sets `signal` (the run stops at its next step boundary, after a checkpoint);
     a second one of either stops the process at once, as if no handler were installed (the first again within
     REPEAT_S is not a second one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: tuple[int, ...] = ()) -> None:
         self._first = FirstSignal()
+        self.signals = (signal.SIGINT, signal.SIGTERM, *extra)  # extra: a scheduler's warning (rlhf.sweep)
         self._previous: dict[int, object] = {}
+        self.handed_over: dict[
+            int, object
+        ] = {}  # the handlers installed before: a stop may hand back to them
 
     @property
     def signal(self) -> int | None:
@@ -206,8 +211,9 @@ class StopRequest:
         self._first.take(signum)
 
     def install(self) -> StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
+        self.handed_over = dict(self._previous)
         return self
 
     def uninstall(self) -> None:

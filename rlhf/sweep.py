@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -24,11 +25,30 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 
-from rlhf import tracking
+from rlhf import checkpoint, tracking
 from rlhf.errors import EXIT_CODE, UserError, describe, print_errors
 
 FAILED = "failed.json"
 log = logging.getLogger(__name__)
+
+
+def preempt_signals() -> tuple[int, ...]:
+    """The warning a submitit job gets before its time limit or a preemption (hydra/launcher=slurm sbatches
+    `--signal=USR2@90`; SUBMITIT_PREEMPT_SIGNAL names another): a run stops on it as on SIGTERM, at a step
+    boundary with a checkpoint, then hands it to submitit, which requeues the job. Outside a submitit job, or
+    in a rank of a launch (its top process is the job's), none."""
+    from rlhf.runtime import inside_launch
+
+    if not os.environ.get("SUBMITIT_EXECUTOR") or inside_launch():
+        return ()
+    found = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    return (found,) if found is not None else ()
+
+
+def requeued(run_dir: Path) -> bool:
+    """A submitit job run again after its warning stopped it (its directory holds the interrupted.json that
+    stop wrote): it resumes as with resume=auto."""
+    return bool(preempt_signals()) and (Path(run_dir) / checkpoint.INTERRUPTED).is_file()
 
 
 def keep_going(main: Callable[[Any], float | None]) -> Callable[[Any], float | None]:

@@ -21,7 +21,7 @@ from rlhf.errors import UserError, discard_run_on_bad_input
 from rlhf.runtime import PEAKS, is_main_process
 from rlhf.validate import check_resolved_profile, validate
 
-INTERRUPTED = "interrupted.json"
+INTERRUPTED = checkpoint.INTERRUPTED
 
 
 def run(cfg: DictConfig, run_dir: Path) -> float | None:
@@ -99,7 +99,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
             keep=cfg.checkpoint.keep if cfg.checkpoint.keep is not None else hw.checkpoint_keep,
             at_end=cfg.checkpoint.at_end,
             resume_from=resume_from,
-            stop=checkpoint.StopRequest(),
+            stop=checkpoint.StopRequest(extra=sweep.preempt_signals()),
             saves=checkpoint.Saves.before(resume_from),
         )
         from rlhf import monitor
@@ -192,22 +192,21 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> Path | str | None:
     finished run (summary.json) continues only with a larger method.max_steps than its last checkpoint's
     step; its old summary is kept as summary-step-N.json.
     """
-    if not cfg.resume:
+    mode = cfg.resume or ("auto" if sweep.requeued(run_dir) else "")
+    if not mode:
         return None
     found = checkpoint.latest(run_dir)
     finished = run_dir / "summary.json"
     if finished.is_file():
         if found is None or checkpoint.step_of(found) >= cfg.method.max_steps:
             print(
-                f"resume={cfg.resume}: {run_dir} is finished (summary.json); nothing to resume "
+                f"resume={mode}: {run_dir} is finished (summary.json); nothing to resume "
                 "(with a larger method.max_steps it trains on from its last checkpoint)"
             )
             return "finished"
         finished.rename(run_dir / f"summary-step-{checkpoint.step_of(found)}.json")
     if found is None:
-        if (
-            cfg.resume == "auto"
-        ):  # nothing to continue: what an earlier attempt left goes, the run starts afresh
+        if mode == "auto":  # nothing to continue: what an earlier attempt left goes, the run starts afresh
             for name in ("samples.jsonl", "metrics.jsonl", INTERRUPTED, "failed.json"):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(checkpoint.root(run_dir), ignore_errors=True)
@@ -240,6 +239,11 @@ def interrupted(run_dir: Path, plan: checkpoint.Plan, tracker) -> None:
         (run_dir / INTERRUPTED).write_text(json.dumps(record, indent=2) + "\n")
         print(f"\n{name}: stopped after step {record['step']}; continue with: {command}", file=sys.stderr)
     tracker.pause()
+    if plan.stop.signal in sweep.preempt_signals():
+        # submitit's own handler for its warning: it requeues the job, which then resumes (sweep.requeued)
+        handler = plan.stop.handed_over.get(plan.stop.signal)
+        if callable(handler):
+            handler(plan.stop.signal, None)
     raise SystemExit(128 + plan.stop.signal)
 
 

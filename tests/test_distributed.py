@@ -574,6 +574,44 @@ def test_a_two_job_sweep_through_submitit_local(run_rlhf, tmp_path):
     assert (sweep / ".submitit").is_dir()
 
 
+@pytest.mark.slow
+def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlhf, cache_dir, tmp_path):
+    """Slurm's warning before a time limit or a preemption (submitit sbatches --signal=USR2@90): the job's run
+    finishes its step, checkpoints and hands the signal to submitit, which requeues the job; the requeued job
+    resumes from that checkpoint and ends on the uninterrupted run's curve and adapter. submitit-local's
+    executor requeues as Slurm does (its exit code 144)."""
+    import psutil
+
+    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
+    overrides += ["checkpoint.every=1"]
+    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf", "-m", "hydra/launcher=submitit-local", *overrides, f"hydra.sweep.dir={sweep}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    job = sweep / "0_lora_tiny"
+
+    def warn():
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            if "submitit.core._submit" in " ".join(p.cmdline()):
+                p.send_signal(signal.SIGUSR2)
+
+    signal_at_step(job, 2, warn).join(timeout=300)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    logs = "".join(f.read_text() for f in (sweep / ".submitit").rglob("*_log.*"))
+    assert "SIGUSR2: stopped after step" in logs and "Requeued job" in logs
+    summary = json.loads((job / "summary.json").read_text())
+    assert 2 <= summary["resumed_from_step"] < 30 and not (job / "interrupted.json").exists()
+    assert curve(job) == curve(tmp_path / "whole")
+    assert_same_adapter(tmp_path / "whole", job)
+
+
 def test_no_launch_files_count_as_an_earlier_runs_files(tmp_path):
     """A run directory holding only what a launch wrote before it started may be given to the launch."""
     from rlhf.__main__ import check_run_dir
