@@ -197,10 +197,8 @@ class StopRequest:
     def __init__(self, extra: tuple[int, ...] = ()) -> None:
         self._first = FirstSignal()
         self.signals = (signal.SIGINT, signal.SIGTERM, *extra)  # extra: a scheduler's warning (rlhf.sweep)
-        self._previous: dict[int, object] = {}
-        self.handed_over: dict[
-            int, object
-        ] = {}  # the handlers installed before: a stop may hand back to them
+        # the handlers installed before: restored by uninstall, and a stop may hand its signal back to one
+        self.handed_over: dict[int, object] = {}
 
     @property
     def signal(self) -> int | None:
@@ -211,15 +209,12 @@ class StopRequest:
         self._first.take(signum)
 
     def install(self) -> StopRequest:
-        for sig in self.signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        self.handed_over = dict(self._previous)
+        self.handed_over = {sig: signal.signal(sig, self._handle) for sig in self.signals}
         return self
 
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
+        for sig, handler in self.handed_over.items():
             signal.signal(sig, handler)
-        self._previous.clear()
 
     def _handle(self, signum: int, frame) -> None:
         if self._first.repeats(signum):

@@ -137,24 +137,43 @@ def run_rlhf(cache_dir):
     is the process (its exit status as a shell sees it, a console script, several processes)."""
 
     def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        # no wandb key or mode from the developer's machine: runs stay offline (logger=wandb is the default)
-        base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("WANDB_")}
-        full_env = {
-            **base,
-            "RLHF_CACHE_DIR": str(cache_dir),
-            "NETRC": str(cache_dir / "no-netrc"),
-            **(env or {}),
-        }
         return subprocess.run(
             [sys.executable, "-m", "rlhf", *args],
             capture_output=True,
             text=True,
-            env=full_env,
+            env=process_env(cache_dir, env),
             cwd=ROOT,
             timeout=600,
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def start_rlhf(cache_dir):
+    """start_rlhf(*args) -> Popen of `python -m rlhf args...` in a session of its own (its own process group,
+    as a shell gives a command), for tests that signal it part-way; `output=subprocess.DEVNULL` for a process
+    whose output is not read."""
+
+    def start(*args: str, output: int = subprocess.PIPE) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "rlhf", *args],
+            stdout=output,
+            stderr=output,
+            text=True,
+            env=process_env(cache_dir),
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+    return start
+
+
+def process_env(cache_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a `python -m rlhf` process: the test cache, no wandb key or mode from the
+    developer's machine (runs stay offline: logger=wandb is the default), Hydra's short errors."""
+    base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("WANDB_")}
+    return {**base, "RLHF_CACHE_DIR": str(cache_dir), "NETRC": str(cache_dir / "no-netrc"), **(env or {})}
 
 
 def positions_through(layer) -> list[int]:

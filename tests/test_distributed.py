@@ -12,7 +12,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +20,7 @@ import pytest
 from rlhf import checkpoint, distributed
 from rlhf.errors import ConfigError, Problems
 from rlhf.validate import validate
-from tests.conftest import CONF, ROOT, environment
+from tests.conftest import CONF, environment
 from tests.test_checkpoint import signal_at_step
 
 PRESETS = sorted(p.stem for p in (CONF / "distributed").glob("*.yaml"))
@@ -34,6 +33,9 @@ ADAPTER_TOLERANCE = 1e-2
 # fp32 (no autocast, whichever CPU runs it), a learning rate the tiny model's loss moves with in 3 steps
 TINY = ["model=tiny", "hardware=cpu", "hardware.precision=fp32", "eval=none", "logger=none"]
 TINY += ["method.max_steps=3", "method.learning_rate=0.01", "method.warmup_ratio=0"]
+# a run to stop part-way: 30 one-row steps, a checkpoint after each
+STOPPABLE = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
+STOPPABLE += ["checkpoint.every=1"]
 
 
 def test_the_group_has_the_documented_presets():
@@ -380,24 +382,17 @@ def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero3"])
-def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_path, engine):
+def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp_path, engine):
     """Ctrl-C, as a terminal sends it (SIGINT to the launch's process group), at step 2 of a two-process FSDP
     (ZeRO-3) run: the launcher passes it on once, both ranks finish the step and write their shards, and the
     launch exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and
     adapter."""
-    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
-    overrides += [f"distributed={engine}", "distributed.num_processes=2", "checkpoint.every=1"]
+    overrides = [*STOPPABLE, f"distributed={engine}", "distributed.num_processes=2"]
     whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     run = tmp_path / "stopped"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,  # its own process group, as a shell gives a command
-    )  # fmt: skip
+    proc = start_rlhf(*overrides, f"hydra.run.dir={run}")
     signal_at_step(run, 2, lambda: os.killpg(proc.pid, signal.SIGINT)).join(timeout=300)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
@@ -419,7 +414,7 @@ def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, cache_dir, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["the process group", "the top process", "every process"])
-def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(run_rlhf, cache_dir, tmp_path, to):
+def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(start_rlhf, tmp_path, to):
     """A scheduler's SIGTERM: a shell's `kill -- -PGID` reaches the top process and the launcher, `kill PID`
     the top process alone, Slurm every process of the job (the training processes get it from Slurm and from
     the launcher). Each way, the top process waits for the launch, the ranks finish the step, checkpoint and
@@ -427,19 +422,7 @@ def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(run_rlhf, c
     import psutil
 
     run = tmp_path / "stopped"
-    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
-    overrides += [
-        "distributed=ddp",
-        "distributed.num_processes=2",
-        "checkpoint.every=1",
-        f"hydra.run.dir={run}",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf", *overrides],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = start_rlhf(*STOPPABLE, "distributed=ddp", "distributed.num_processes=2", f"hydra.run.dir={run}")
     top = psutil.Process(proc.pid)
 
     def send():
@@ -470,7 +453,7 @@ def test_a_sigterm_stops_a_launch_at_a_step_boundary_whoever_gets_it(run_rlhf, c
 @pytest.mark.slow
 @pytest.mark.parametrize("to", ["the process group", "the top process"])
 def test_a_killed_launch_leaves_no_rank_running_and_resumes_to_the_same_end(
-    run_rlhf, cache_dir, tmp_path, to
+    run_rlhf, start_rlhf, tmp_path, to
 ):
     """`kill -9` of the launch's process group: torch's agent runs each rank in a session of its own, and the
     ranks trained on unattended to the run's end; they now die with the agent. `kill -9` of the top process
@@ -478,18 +461,12 @@ def test_a_killed_launch_leaves_no_rank_running_and_resumes_to_the_same_end(
     left running, and resume= ends on the uninterrupted run's curve and adapter."""
     import psutil
 
-    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
-    overrides += ["distributed=ddp", "distributed.num_processes=2", "checkpoint.every=1"]
+    overrides = [*STOPPABLE, "distributed=ddp", "distributed.num_processes=2"]
     whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     run = tmp_path / "killed"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run}"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    proc = start_rlhf(*overrides, f"hydra.run.dir={run}", output=subprocess.DEVNULL)
     top = psutil.Process(proc.pid)
     children = []
 
@@ -575,25 +552,18 @@ def test_a_two_job_sweep_through_submitit_local(run_rlhf, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlhf, cache_dir, tmp_path):
+def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlhf, start_rlhf, tmp_path):
     """Slurm's warning before a time limit or a preemption (submitit sbatches --signal=USR2@90): the job's run
     finishes its step, checkpoints and hands the signal to submitit, which requeues the job; the requeued job
     resumes from that checkpoint and ends on the uninterrupted run's curve and adapter. submitit-local's
     executor requeues as Slurm does (its exit code 144)."""
     import psutil
 
-    overrides = [*TINY, "method.max_steps=30", "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1"]
-    overrides += ["checkpoint.every=1"]
-    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    whole = run_rlhf(*STOPPABLE, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     sweep = tmp_path / "sweep"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(RLHF_CACHE_DIR=str(cache_dir), NETRC=str(cache_dir / "no-netrc"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf", "-m", "hydra/launcher=submitit-local", *overrides, f"hydra.sweep.dir={sweep}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
+    proc = start_rlhf("-m", "hydra/launcher=submitit-local", *STOPPABLE, f"hydra.sweep.dir={sweep}")
     job = sweep / "0_lora_tiny"
 
     def warn():
