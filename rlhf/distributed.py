@@ -498,7 +498,9 @@ def launch_job(cfg: DictConfig, overrides: list[str], job_dir: Path) -> float | 
     allocation, so its processes use the GPUs Slurm gave it."""
     from rlhf import sweep
 
-    code = launch(cfg, [*overrides, f"hydra.run.dir={job_dir}"], job_dir)
+    # requeued after its warning stopped it: every rank resumes from the checkpoint that stop left
+    again = ["resume=auto"] if sweep.requeued(job_dir) and not cfg.resume else []
+    code = launch(cfg, [*overrides, *again, f"hydra.run.dir={job_dir}"], job_dir)
     summary = job_dir / "summary.json"
     if code != 0 or not summary.is_file():  # a crash: the sweep records it (failed.json) and goes on
         raise RuntimeError(f"accelerate launch in {job_dir} exited with status {code} and no summary.json")
@@ -512,7 +514,13 @@ def run(command: list[str]) -> int:
     the launch's processes stop at a step boundary and checkpoint, and the launcher's status (128 + n) is
     returned once they have. A Ctrl-C at a terminal, or a signal to the whole process group, also reaches the
     launcher directly: it takes the two as one (rlhf.checkpoint.REPEAT_S).
+
+    In a submitit job, its warning (rlhf.sweep.preempt_signals) is passed on the same way; once the launch has
+    stopped, it goes to the handler that was there before, submitit's, which requeues the job (the requeued
+    job resumes: launch_job).
     """
+    from rlhf import sweep
+
     proc = subprocess.Popen(command)
     first = checkpoint.FirstSignal()
 
@@ -521,12 +529,16 @@ def run(command: list[str]) -> int:
             first.take(signum)
             proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM)}
+    warning = sweep.preempt_signals()
+    previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGINT, signal.SIGTERM, *warning)}
     try:
-        return proc.wait()
+        code = proc.wait()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if first.signal in warning and callable(previous[first.signal]):
+        previous[first.signal](first.signal, None)
+    return code
 
 
 def agent_signal_handler(handler):
@@ -564,7 +576,13 @@ def launcher_main() -> None:
     from torch.distributed.elastic.multiprocessing import api
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
+    from rlhf import sweep
+
     os.environ.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_GRACE_S))
+    warning = [signal.Signals(sig).name for sig in sweep.preempt_signals()]
+    if warning:  # a submitit job's warning: the agent stops its processes on it as on a SIGTERM
+        handled = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT")
+        os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = ",".join([handled, *warning])
     # the top `python -m rlhf` killed outright (kill -9 PID): its launch stops as on a SIGTERM, at a step
     # boundary with a checkpoint, instead of training on unattended (the ranks end with the agent: startup)
     die_with_parent(signal.SIGTERM)
@@ -572,6 +590,8 @@ def launcher_main() -> None:
     # is named otherwise, the agent keeps its own handler)
     if hasattr(api, "_terminate_process_handler"):
         api._terminate_process_handler = agent_signal_handler(api._terminate_process_handler)
+        for name in warning:  # from now on, not only once the processes have started
+            signal.signal(getattr(signal, name), api._terminate_process_handler)
     from accelerate.commands.launch import main
 
     try:

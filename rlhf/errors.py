@@ -78,6 +78,11 @@ def describe(ex: BaseException) -> list[str] | None:
         return [
             f"{missing}: no such config; fix: see `python -m rlhf --help` for the groups and their options"
         ]
+    if isinstance(ex, ValueError) and str(ex).startswith("Only one of --run, --multirun"):  # Hydra's
+        return [
+            "-m with --cfg (or --info): Hydra takes one of them at a time; fix: drop -m to print the config, "
+            "e.g. python -m rlhf hydra/launcher=slurm --cfg hydra"
+        ]
     if isinstance(ex, OverrideParseException):
         return [f"{_first_line(str(ex))}; fix: write overrides as key=value, e.g. method.lora_r=8"]
     if isinstance(ex, (ConfigCompositionException, OmegaConfBaseException)):

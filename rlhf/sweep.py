@@ -34,12 +34,12 @@ log = logging.getLogger(__name__)
 
 def preempt_signals() -> tuple[int, ...]:
     """The warning a submitit job gets before its time limit or a preemption (hydra/launcher=slurm sbatches
-    `--signal=USR2@90`; SUBMITIT_PREEMPT_SIGNAL names another): a run stops on it as on SIGTERM, at a step
-    boundary with a checkpoint, then hands it to submitit, which requeues the job. Outside a submitit job, or
-    in a rank of a launch (its top process is the job's), none."""
-    from rlhf.runtime import inside_launch
-
-    if not os.environ.get("SUBMITIT_EXECUTOR") or inside_launch():
+    `--signal=USR2@120`; SUBMITIT_PREEMPT_SIGNAL names another): a run stops on it as on SIGTERM, at a step
+    boundary with a checkpoint, then hands it to submitit, which requeues the job. Slurm signals every
+    process of the job, so under a distributed preset the launcher and the ranks take it as a stop too, and
+    the job's own process hands it to submitit once the launch has stopped (rlhf.distributed.run). Outside a
+    submitit job, none."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
         return ()
     found = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
     return (found,) if found is not None else ()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf import checkpoint, sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
-from rlhf.runtime import PEAKS, is_main_process
+from rlhf.runtime import PEAKS, inside_launch, is_main_process
 from rlhf.validate import check_resolved_profile, validate
 
 INTERRUPTED = checkpoint.INTERRUPTED
@@ -239,8 +239,9 @@ def interrupted(run_dir: Path, plan: checkpoint.Plan, tracker) -> None:
         (run_dir / INTERRUPTED).write_text(json.dumps(record, indent=2) + "\n")
         print(f"\n{name}: stopped after step {record['step']}; continue with: {command}", file=sys.stderr)
     tracker.pause()
-    if plan.stop.signal in sweep.preempt_signals():
-        # submitit's own handler for its warning: it requeues the job, which then resumes (sweep.requeued)
+    if plan.stop.signal in sweep.preempt_signals() and not inside_launch():
+        # submitit's own handler for its warning: it requeues the job, which then resumes (sweep.requeued);
+        # a launch's ranks leave that to the job's process, which started the launch (rlhf.distributed.run)
         handler = plan.stop.handed_over.get(plan.stop.signal)
         if callable(handler):
             handler(plan.stop.signal, None)

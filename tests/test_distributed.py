@@ -553,7 +553,7 @@ def test_a_two_job_sweep_through_submitit_local(run_rlhf, tmp_path):
 
 @pytest.mark.slow
 def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlhf, start_rlhf, tmp_path):
-    """Slurm's warning before a time limit or a preemption (submitit sbatches --signal=USR2@90): the job's run
+    """Slurm's warning before a time limit or a preemption (hydra/launcher=slurm sbatches --signal=USR2@120): the job's run
     finishes its step, checkpoints and hands the signal to submitit, which requeues the job; the requeued job
     resumes from that checkpoint and ends on the uninterrupted run's curve and adapter. submitit-local's
     executor requeues as Slurm does (its exit code 144)."""
@@ -570,6 +570,47 @@ def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlh
         for p in psutil.Process(proc.pid).children(recursive=True):
             if "submitit.core._submit" in " ".join(p.cmdline()):
                 p.send_signal(signal.SIGUSR2)
+
+    signal_at_step(job, 2, warn).join(timeout=300)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    logs = "".join(f.read_text() for f in (sweep / ".submitit").rglob("*_log.*"))
+    assert "SIGUSR2: stopped after step" in logs and "Requeued job" in logs
+    summary = json.loads((job / "summary.json").read_text())
+    assert 2 <= summary["resumed_from_step"] < 30 and not (job / "interrupted.json").exists()
+    assert curve(job) == curve(tmp_path / "whole")
+    assert_same_adapter(tmp_path / "whole", job)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["every process", "the job's process"])
+def test_a_launched_submitit_jobs_warning_checkpoints_requeues_and_resumes(
+    run_rlhf, start_rlhf, tmp_path, to
+):
+    """A sweep job with distributed=ddp warned before its time limit: Slurm signals every process of the job
+    (the job's process, the launcher, the ranks); `scancel --signal=USR2 --batch` or submitit-local the job's
+    process alone, which passes it on. Either way the ranks finish the step and checkpoint, the launcher does
+    not die of the signal, the job's process hands it to submitit once the launch has stopped, and the
+    requeued job's ranks resume from that checkpoint to the uninterrupted launch's curve and adapter. Before,
+    the launch died of the signal at once and the requeued job was refused (its directory held files)."""
+    import psutil
+
+    overrides = [*STOPPABLE, "distributed=ddp", "distributed.num_processes=2"]
+    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    sweep = tmp_path / "sweep"
+    proc = start_rlhf("-m", "hydra/launcher=submitit-local", *overrides, f"hydra.sweep.dir={sweep}")
+    job = sweep / "0_lora_tiny"
+
+    def warn():
+        (submitted,) = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if "submitit.core._submit" in " ".join(p.cmdline())
+        ]
+        for p in [submitted, *submitted.children(recursive=True)] if to == "every process" else [submitted]:
+            p.send_signal(signal.SIGUSR2)
 
     signal_at_step(job, 2, warn).join(timeout=300)
     _, stderr = proc.communicate(timeout=600)

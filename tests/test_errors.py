@@ -253,6 +253,11 @@ CASES = [
         "hardware.head_tile_tokens=-256: must be >= 0; fix: use 0 (TRL's tile) or e.g. 256",
     ),
     (
+        "multirun-with-cfg",
+        lambda t: ["--cfg", "hydra", "-m", "hydra/launcher=slurm"],
+        "-m with --cfg (or --info): Hydra takes one of them at a time; fix: drop -m to print the config",
+    ),
+    (
         "merge-without-lora",
         lambda t: ["method=prompt-tuning", "export.merge=true"],
         "export.merge=true: method=prompt-tuning trains no LoRA adapter to merge",
