@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -82,6 +83,37 @@ def record_failure(job_dir: Path, ex: Exception, overrides: list[str]) -> None:
         "traceback": "".join(traceback.format_exception(ex)),
     }
     (job_dir / FAILED).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def submitit_problems(launcher: Any) -> list[str]:
+    """What is wrong with a submitit sweep's settings (hydra.launcher), one line each."""
+    problems = [
+        f"hydra.launcher.{key}={launcher[key]}: each task of a job would train the whole job into the same "
+        "directory; fix: keep nodes=1 and tasks_per_node=1, and give a job several GPUs with "
+        "hydra.launcher.gpus_per_node=N distributed=ddp (it launches one process per GPU); across machines, "
+        "run python -m rlhf distributed.num_machines=... on each (README: Several processes)"
+        for key in ("nodes", "tasks_per_node")
+        if launcher.get(key) not in (None, 1)
+    ]
+    if str(launcher.get("_target_")).endswith("SlurmLauncher") and shutil.which("srun") is None:
+        problems.append(
+            "hydra/launcher=slurm: this machine has no srun (submitit submits with sbatch and srun); fix: run "
+            "the sweep on a machine of the Slurm cluster, or try it here with hydra/launcher=submitit-local"
+        )
+    return problems
+
+
+class SubmititChecks(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): a submitit sweep's settings, checked before it
+    submits anything or writes its directory; bad ones end with one line each and exit 2 (an exception in a
+    callback would only be a warning to Hydra)."""
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        launcher = config.hydra.launcher
+        problems = submitit_problems(launcher) if "submitit" in str(launcher.get("_target_")) else []
+        if problems:
+            print_errors(problems)
+            sys.exit(EXIT_CODE)
 
 
 class FailedJobs(Callback):

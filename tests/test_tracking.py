@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import struct
 from pathlib import Path
 
@@ -233,6 +234,36 @@ def test_optuna_preset_runs_trials_and_logger_none_leaves_no_wandb(run_rlhf, tmp
     assert result["best_value"] == pytest.approx(min(losses))
     assert set(result["best_params"]) == {"method.lora_r", "method.lora_alpha", "method.learning_rate"}
     assert not [p for p in tmp_path.rglob("*") if "wandb" in p.name]
+
+
+@pytest.mark.parametrize(
+    "launcher,expected,lines",
+    [
+        (
+            ["hydra/launcher=submitit-local", "hydra.launcher.tasks_per_node=2"],
+            "hydra.launcher.tasks_per_node=2: ",
+            1,
+        ),
+        (["hydra/launcher=slurm", "hydra.launcher.nodes=2"], "hydra.launcher.nodes=2: ", 2),  # and no srun
+        (["hydra/launcher=slurm"], "hydra/launcher=slurm: this machine has no srun", 1),
+    ],
+)
+def test_a_submitit_sweep_it_cannot_run_as_set_is_refused_before_it_submits(
+    rlhf_cli, tmp_path, launcher, expected, lines
+):
+    """Several tasks per job would each train the whole job into one directory (submitit-local ran both);
+    hydra/launcher=slurm without Slurm ended in submitit's traceback. Now one line each, exit 2, no sweep."""
+    if shutil.which("srun"):
+        pytest.skip("this machine has Slurm")
+    sweep = tmp_path / "sweep"
+    out = rlhf_cli(
+        "-m", *launcher, "model=tiny", "method.max_steps=1", "eval=none", f"hydra.sweep.dir={sweep}"
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0].startswith("error: " + expected) and "; fix: " in errors[0], errors
+    assert len(errors) == lines, errors
+    assert not sweep.exists()
 
 
 def test_slurm_launcher_preset_composes_offline(run_rlhf):
