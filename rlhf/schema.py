@@ -34,7 +34,8 @@ class ModelConfig:
     # - tiny: what its random Llama is built from (vocab_size comes from the tokenizer);
     # - pretrained / gguf: what `python -m rlhf.plan` sizes the model from without its files, copied from the
     #   published config.json, with its `model_type` (llama when absent) and `hub_id`, the model.path they
-    #   describe (for any other model.path the plan reads that model's own config.json); loading ignores them.
+    #   describe (every preset names it; for any other model.path the plan reads that model's own config.json,
+    #   so numbers given on the command line name it too); loading ignores them.
     architecture: dict[str, Any] = field(default_factory=dict)
 
 

@@ -151,6 +151,24 @@ def test_a_user_hub_id_without_a_config_offline_is_one_line(cache_dir, tmp_path)
     assert "; fix: " in lines[0]
 
 
+def test_the_default_models_numbers_do_not_stand_for_another_model_path(cache_dir, tmp_path):
+    """model.path=<a user's hub id> on the default preset: its numbers describe SmolLM2 (hub_id), so offline the
+    plan says it cannot size the model (it planned a 135M model before); the numbers its fix names are used."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    user = ["model.source=pretrained", "model.path=someorg/their-model", f"cache_dir={cache_dir}"]
+    r = plan_cli(*user, env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "someorg/their-model: its config.json cannot be had offline" in r.stderr
+    assert "model.architecture={hub_id:someorg/their-model," in r.stderr  # the fix names the path
+    numbers = "hidden_size:4096,intermediate_size:14336,num_hidden_layers:32,num_attention_heads:32"
+    numbers += ",num_key_value_heads:8,vocab_size:128256,tie_word_embeddings:false"
+    r = plan_cli(
+        *user, f"model.architecture={{hub_id:someorg/their-model,model_type:llama,{numbers}}}", env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "(8.03B params)" in r.stdout.splitlines()[0]  # Llama-3.1-8B's numbers
+
+
 def test_llama_3b_on_a_t4_prints_the_table_offline():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("HYDRA_FULL_ERROR", None)

@@ -161,8 +161,8 @@ def model_config(m: DictConfig, cache_dir: str, online: bool = False):
     raise UserError(
         f"model.path={m.path}: its config.json cannot be had offline (not a local model directory, not in the "
         "Hugging Face cache); fix: run once with network access, set model.path to a local model directory, or "
-        "give its numbers as model.architecture={model_type:llama,hidden_size:...,intermediate_size:...,"
-        "num_hidden_layers:...,num_attention_heads:...,num_key_value_heads:...,vocab_size:...}"
+        f"give its numbers as model.architecture={{hub_id:{m.path},model_type:llama,hidden_size:...,"
+        "intermediate_size:...,num_hidden_layers:...,num_attention_heads:...,num_key_value_heads:...,vocab_size:...}"
     )
 
 
