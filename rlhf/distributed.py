@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import signal
@@ -210,17 +211,32 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
         return
     method = cfg.method.name
     p.check(
-        method not in OWN_LOOP,
+        method not in OWN_LOOP or (engine == "deepspeed" and stage == 2),
         "distributed",
         name,
-        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which "
+        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which samples its "
+        "rollouts from the unwrapped model, outside the engine, where "
         + (
-            "samples its rollouts from the unwrapped model, outside FSDP (a process holds a shard of the weights)"
-            if engine == "fsdp"
-            else "prepares no dataloader for DeepSpeed's batch sizes and generates outside the engine"
+            "a process holds a shard of the weights" if engine == "fsdp" else "ZeRO-3 leaves each rank a part"
         ),
-        "use distributed=ddp",
+        "use distributed=deepspeed-zero2 or distributed=ddp",
     )
+    m = cfg.method
+    if (
+        method in OWN_LOOP
+        and engine == "deepspeed"
+        and m.mini_batch_size > 0
+        and m.gradient_accumulation_steps > 0
+    ):
+        passes = m.ppo_epochs * math.ceil(m.batch_size / m.mini_batch_size)
+        p.check(
+            passes % m.gradient_accumulation_steps == 0,
+            "method.gradient_accumulation_steps",
+            m.gradient_accumulation_steps,
+            f"under DeepSpeed a rollout's {passes} mini-batch passes (ppo_epochs x batch_size / mini_batch_size) "
+            "must end on an optimizer step: a checkpoint cannot hold the gradients ZeRO accumulates",
+            f"use a divisor of {passes}",
+        )
     virtual = methods.get(method).adapter_kind(cfg.method) in ("prompt", "prefix")
     if engine == "fsdp":
         p.check(

@@ -16,6 +16,7 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import lora_config
 from rlhf.methods.ppo import core
 from rlhf.models import attention_kernel
+from rlhf.runtime import launch_engine
 
 
 class PolicyWithValue(nn.Module):
@@ -58,9 +59,17 @@ def train(inputs: Inputs) -> Result:
     from rlhf.models import adapter_inputs_follow_autocast, upcast_trainable
 
     m, hw = inputs.config, inputs.hardware
+    cpu = hw.device == "cpu"
+    if cpu and launch_engine() == "deepspeed":
+        # accelerate turns DeepSpeed off with cpu=True, and without it finds no backend on a CPU: the process
+        # group comes first over gloo, as transformers sets it up for TRL's trainers (rlhf.distributed)
+        from accelerate import PartialState
+
+        PartialState(cpu=True, backend="gloo")
+        cpu = False
     accelerator = Accelerator(
         mixed_precision=hw.precision if hw.precision in ("bf16", "fp16") else "no",
-        cpu=hw.device == "cpu",
+        cpu=cpu,
         gradient_accumulation_steps=m.gradient_accumulation_steps,
     )
     torch.manual_seed(inputs.run.seed + accelerator.process_index)
@@ -71,6 +80,17 @@ def train(inputs: Inputs) -> Result:
     # sampling runs outside autocast, the passes and epochs in it
     adapter_inputs_follow_autocast(model.policy)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], hw.optim, m)
+    if is_deepspeed(accelerator):  # ZeRO-2 (rlhf.distributed): the batch sizes TRL's trainers would fill in
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds.update(
+            train_micro_batch_size_per_gpu=m.mini_batch_size,
+            gradient_accumulation_steps=m.gradient_accumulation_steps,
+            train_batch_size=m.mini_batch_size * m.gradient_accumulation_steps * accelerator.num_processes,
+            gradient_clipping=m.max_grad_norm,
+        )
+        zero = ds["zero_optimization"]
+        if zero.get("reduce_bucket_size") == "auto":  # transformers' value: hidden_size squared
+            zero["reduce_bucket_size"] = model.policy.config.hidden_size**2
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
 
@@ -118,7 +138,7 @@ def train(inputs: Inputs) -> Result:
         state.update(step=step, logs=logs)
         if plan is not None:
             plan.agree()  # each rank's monitor saw its own rollout: a stop or checkpoint on one is on all
-        if plan is not None and plan.due(step, last=step == steps) and accelerator.is_main_process:
+        if plan is not None and plan.due(step, last=step == steps):  # every rank writes its part
             save_state(plan, state, unwrapped, optimizer, accelerator, kl_ctl)
         if plan is not None and plan.ends_here(step):  # a signal, or a monitor rule's stop
             break
@@ -144,7 +164,9 @@ def train(inputs: Inputs) -> Result:
 def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> None:
     """Everything the next rollout depends on: the adapter and value head, the optimizer, the gradients
     accumulated towards its next step, the KL coefficient, the step (which is the prompt cursor), the
-    accumulation counter and every RNG."""
+    accumulation counter and every RNG. Called on every process: each writes its own RNG (its rollouts
+    sample from it) and, under DeepSpeed, its partition of the optimizer; rank 0 then writes the rest and
+    publishes the checkpoint once every rank has written its part."""
     import json
     import random
 
@@ -156,36 +178,40 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     t0 = time.time()
     out = checkpoint.incoming(plan.run_dir) / f"step-{state['step']}"
     out.mkdir(parents=True, exist_ok=True)
-    trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, out / "trainable.safetensors")
-    # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an optimizer
-    # step can span rollouts, and a resumed run that lost them would step on part of its mini-batches only
-    pending = {
-        n: p.grad.detach().cpu().contiguous()
-        for n, p in model.named_parameters()
-        if p.requires_grad and p.grad is not None
-    }
-    if pending:
-        save_file(pending, out / "gradients.safetensors")
-    torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    rank = accelerator.process_index
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(rng, out / "rng.safetensors")
+    save_file(rng, out / f"rng-{rank}.safetensors")
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    payload = {
-        **state,
-        "kl_coef": kl_ctl.value,
-        "accumulation_step": accelerator.step,
-        "python_random": random.getstate(),
-        "numpy_random": [kind, keys.tolist(), pos, has_gauss, gauss],
-    }
-    (out / "state.json").write_text(json.dumps(payload))
-    plan.publish(out, state["step"], t0)
+    host = {"python_random": random.getstate(), "numpy_random": [kind, keys.tolist(), pos, has_gauss, gauss]}
+    (out / f"rng-{rank}.json").write_text(json.dumps(host))
+    if is_deepspeed(accelerator):  # ZeRO partitions the optimizer: each rank holds its own part
+        torch.save(optimizer.state_dict(), out / f"optimizer-{rank}.pt")
+    checkpoint.every_rank_here()
+    if accelerator.is_main_process:
+        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trainable, out / "trainable.safetensors")
+        # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an
+        # optimizer step can span rollouts, and a resumed run that lost them would step on part of its
+        # mini-batches only (under DeepSpeed they live in the engine: rollouts end on a step, rlhf.validate)
+        pending = {
+            n: p.grad.detach().cpu().contiguous()
+            for n, p in model.named_parameters()
+            if p.requires_grad and p.grad is not None
+        }
+        if pending:
+            save_file(pending, out / "gradients.safetensors")
+        if not is_deepspeed(accelerator):
+            torch.save(optimizer.state_dict(), out / "optimizer.pt")
+        payload = {**state, "kl_coef": kl_ctl.value, "accumulation_step": accelerator.step}
+        (out / "state.json").write_text(json.dumps(payload))
+        plan.publish(out, state["step"], t0)
+    checkpoint.every_rank_here()  # no rank runs ahead into the next checkpoint's directory
 
 
 def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> dict:
-    """The state `save_state` wrote, restored into the model, the optimizer and every RNG."""
+    """The state `save_state` wrote, restored into the model, the optimizer and this process's RNGs."""
     import json
     import random
 
@@ -199,21 +225,41 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
         for name, param in model.named_parameters():
             if name in pending:
                 param.grad = pending[name].to(param.device, param.dtype)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = load_file(path / "rng.safetensors")
+    rank = accelerator.process_index
+    if is_deepspeed(accelerator):
+        # ZeRO's partition holds three DeepSpeed records beside its tensors: allowed by name, nothing else is
+        from deepspeed.runtime.fp16.loss_scaler import LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            parts = [
+                torch.load(path / f"optimizer-{r}.pt", weights_only=True)
+                for r in range(accelerator.num_processes)
+            ]
+        # every rank's partition, as DeepSpeed's own loader passes them; the float32 masters as saved
+        optimizer.optimizer.load_state_dict(parts, load_from_fp32_weights=True)
+    else:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    rng = load_file(path / f"rng-{rank}.safetensors")
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all(
             [rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
         )
-    payload = json.loads((path / "state.json").read_text())
-    version, internal, gauss = payload.pop("python_random")
+    host = json.loads((path / f"rng-{rank}.json").read_text())
+    version, internal, gauss = host["python_random"]
     random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = payload.pop("numpy_random")
+    kind, keys, pos, has_gauss, cached = host["numpy_random"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    payload = json.loads((path / "state.json").read_text())
     kl_ctl.value = payload.pop("kl_coef")
     accelerator.step = payload.pop("accumulation_step")
     return payload
+
+
+def is_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None
 
 
 class PhaseClock:
