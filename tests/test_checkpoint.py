@@ -122,6 +122,25 @@ def test_a_run_stopped_by_a_signal_resumes_to_the_same_end(method, rlhf_cli, uni
     assert_same_end(run_dir, uninterrupted(method))
 
 
+@pytest.mark.slow
+def test_a_ppo_checkpoint_of_the_earlier_layout_still_resumes(rlhf_cli, uninterrupted, tmp_path):
+    """Before each rank kept its own RNG, a ppo checkpoint held rank 0's in rng.safetensors and state.json: an
+    interrupted run of that version resumes on this one to the same end."""
+    run_dir = tmp_path / "stopped"
+    signal_at_step(run_dir, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    assert rlhf_cli(*args_for("ppo"), f"hydra.run.dir={run_dir}").returncode == 128 + signal.SIGINT
+    last = checkpoint.latest(run_dir)
+    (last / "rng-0.safetensors").rename(last / "rng.safetensors")
+    state = json.loads((last / "state.json").read_text())
+    state.update(json.loads((last / "rng-0.json").read_text()))  # python_random, numpy_random
+    (last / "state.json").write_text(json.dumps(state))
+    (last / "rng-0.json").unlink()
+
+    resumed = rlhf_cli(f"resume={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end(run_dir, uninterrupted("ppo"))
+
+
 def test_a_killed_process_loses_only_the_steps_since_its_last_checkpoint(rlhf_cli, uninterrupted, tmp_path):
     """SIGKILL to a real `python -m rlhf` process at step 3; its newest checkpoint's marker removed as well
     (as if killed while saving): the resume starts from the checkpoint before it and ends the same."""

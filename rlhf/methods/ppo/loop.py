@@ -241,18 +241,23 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
         optimizer.optimizer.load_state_dict(parts, load_from_fp32_weights=True)
     else:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = load_file(path / f"rng-{rank}.safetensors")
+    payload = json.loads((path / "state.json").read_text())
+    own = path / f"rng-{rank}.safetensors"
+    if own.is_file():
+        rng, host = load_file(own), json.loads((path / f"rng-{rank}.json").read_text())
+    else:  # a checkpoint of an earlier version: rank 0's RNGs, kept in state.json and rng.safetensors
+        rng, host = load_file(path / "rng.safetensors"), dict(payload)
+    for key in ("python_random", "numpy_random"):
+        payload.pop(key, None)
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all(
             [rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng]
         )
-    host = json.loads((path / f"rng-{rank}.json").read_text())
     version, internal, gauss = host["python_random"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = host["numpy_random"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    payload = json.loads((path / "state.json").read_text())
     kl_ctl.value = payload.pop("kl_coef")
     accelerator.step = payload.pop("accumulation_step")
     return payload
