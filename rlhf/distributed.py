@@ -211,15 +211,12 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
         return
     method = cfg.method.name
     p.check(
-        method not in OWN_LOOP or (engine == "deepspeed" and stage == 2),
+        method not in OWN_LOOP or engine == "deepspeed",
         "distributed",
         name,
         f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which samples its "
-        "rollouts from the unwrapped model, outside the engine, where "
-        + (
-            "a process holds a shard of the weights" if engine == "fsdp" else "ZeRO-3 leaves each rank a part"
-        ),
-        "use distributed=deepspeed-zero2 or distributed=ddp",
+        "rollouts from the unwrapped model, outside FSDP, where a process holds a shard of the weights",
+        "use distributed=deepspeed-zero3 (which gathers them to sample, as TRL does) or distributed=ddp",
     )
     m = cfg.method
     if (

@@ -58,13 +58,15 @@ def test_which_methods_each_engine_runs(make_cfg):
     for method in ("lora", "sft", "dpo", "kto", "rm", "grpo", "rloo"):  # ZeRO-3: gathered onto rank 0 too
         for preset in ("deepspeed-zero3", "deepspeed-zero3-offload"):
             validate(make_cfg(f"distributed={preset}", f"method={method}"))
-    validate(make_cfg("distributed=deepspeed-zero2", "method=ppo"))  # a rollout's 20 passes: 4 steps of 5
-    for preset in ("deepspeed-zero3", "deepspeed-zero3-offload", "fsdp"):
-        with pytest.raises(ConfigError) as err:
-            validate(make_cfg(f"distributed={preset}", "method=ppo"))
-        (line,) = err.value.problems
-        assert line.startswith(f"distributed={preset}: method=ppo trains in its own")
-        assert line.endswith("fix: use distributed=deepspeed-zero2 or distributed=ddp")
+    for preset in ("deepspeed-zero2", "deepspeed-zero3", "deepspeed-zero3-offload"):
+        validate(make_cfg(f"distributed={preset}", "method=ppo"))  # a rollout's 20 passes: 4 steps of 5
+    with pytest.raises(ConfigError) as err:
+        validate(make_cfg("distributed=fsdp", "method=ppo"))
+    (line,) = err.value.problems
+    assert line.startswith("distributed=fsdp: method=ppo trains in its own")
+    assert line.endswith(
+        "fix: use distributed=deepspeed-zero3 (which gathers them to sample, as TRL does) or distributed=ddp"
+    )
     with pytest.raises(ConfigError) as err:  # ZeRO keeps the accumulated gradients: rollouts end on a step
         validate(
             make_cfg("distributed=deepspeed-zero2", "method=ppo", "method.gradient_accumulation_steps=3")
@@ -539,30 +541,35 @@ def weights(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_ppo_under_zero2_follows_ddp(run_rlhf, tmp_path):
-    """ZeRO-2 partitions our PPO's optimizer and gradients (its own accelerate loop, with the batch sizes a
-    trainer would fill in): the same rollouts, losses and weights as ddp, to reduction order."""
-    for preset in ("ddp", "deepspeed-zero2"):
+def test_ppo_under_deepspeed_follows_ddp(run_rlhf, tmp_path):
+    """Our PPO's own accelerate loop under ZeRO-2, ZeRO-3 (whose weights each rank gathers to sample, and
+    saves gathered) and ZeRO-3 with offload (DeepSpeed's AdamW with ours' settings): the same rollouts,
+    losses and weights as ddp, to reduction order. Each rank checkpoints its part of the optimizer."""
+    presets = ("ddp", "deepspeed-zero2", "deepspeed-zero3", "deepspeed-zero3-offload")
+    for preset in presets:
         out = run_rlhf(
             *PPO, "method.max_steps=4", f"distributed={preset}", f"hydra.run.dir={tmp_path / preset}"
         )
         assert out.returncode == 0, out.stderr[-3000:]
-    assert_same_curve(curve(tmp_path / "ddp"), curve(tmp_path / "deepspeed-zero2"))
-    assert len(curve(tmp_path / "ddp")) == 4
-    ddp, zero2 = weights(tmp_path / "ddp"), weights(tmp_path / "deepspeed-zero2")
-    assert ddp.keys() == zero2.keys() and any("value_head" in k for k in ddp)
-    for key in ddp:
-        assert (ddp[key] - zero2[key]).norm() <= 1e-4 * max(ddp[key].norm(), 1e-6), key
-    (last,) = checkpoint.complete(tmp_path / "deepspeed-zero2")
-    assert sorted(p.name for p in last.glob("optimizer-*.pt")) == ["optimizer-0.pt", "optimizer-1.pt"]
+    ddp = weights(tmp_path / "ddp")
+    assert len(curve(tmp_path / "ddp")) == 4 and any("value_head" in k for k in ddp)
+    for preset in presets[1:]:
+        assert_same_curve(curve(tmp_path / "ddp"), curve(tmp_path / preset))
+        theirs = weights(tmp_path / preset)
+        assert ddp.keys() == theirs.keys()
+        for key in ddp:
+            assert (ddp[key] - theirs[key]).norm() <= 1e-4 * max(ddp[key].norm(), 1e-6), (preset, key)
+        (last,) = checkpoint.complete(tmp_path / preset)
+        assert sorted(p.name for p in last.glob("optimizer-*.pt")) == ["optimizer-0.pt", "optimizer-1.pt"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["ddp", "deepspeed-zero2"])
+@pytest.mark.parametrize("preset", ["ddp", "deepspeed-zero2", "deepspeed-zero3"])
 def test_a_stopped_two_process_ppo_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp_path, preset):
     """Each rank samples its rollouts from its own RNG, and each now checkpoints it (before, every rank resumed
     with rank 0's: the resumed ddp run parted from the uninterrupted one at step 5, its adapter 1.6e-4 off);
-    under ZeRO-2 each rank also saves its partition of the optimizer."""
+    under ZeRO each rank also saves its partition of the optimizer (ZeRO-3's float32 masters restore the
+    weights)."""
     overrides = [*PPO, "method.max_steps=10", "checkpoint.every=1", f"distributed={preset}"]
     whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]

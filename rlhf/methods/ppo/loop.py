@@ -16,6 +16,7 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import lora_config
 from rlhf.methods.ppo import core
 from rlhf.models import attention_kernel
+from rlhf.models.partitioned import is_partitioned, whole_weights
 from rlhf.runtime import launch_engine
 
 
@@ -80,7 +81,7 @@ def train(inputs: Inputs) -> Result:
     # sampling runs outside autocast, the passes and epochs in it
     adapter_inputs_follow_autocast(model.policy)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], hw.optim, m)
-    if is_deepspeed(accelerator):  # ZeRO-2 (rlhf.distributed): the batch sizes TRL's trainers would fill in
+    if is_deepspeed(accelerator):  # ZeRO-2 / 3 (rlhf.distributed): what TRL's trainers would fill in
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         ds.update(
             train_micro_batch_size_per_gpu=m.mini_batch_size,
@@ -88,9 +89,22 @@ def train(inputs: Inputs) -> Result:
             train_batch_size=m.mini_batch_size * m.gradient_accumulation_steps * accelerator.num_processes,
             gradient_clipping=m.max_grad_norm,
         )
-        zero = ds["zero_optimization"]
-        if zero.get("reduce_bucket_size") == "auto":  # transformers' value: hidden_size squared
-            zero["reduce_bucket_size"] = model.policy.config.hidden_size**2
+        hidden = model.policy.config.hidden_size
+        for key, value in {  # transformers' values, from the hidden size
+            "reduce_bucket_size": hidden * hidden,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "stage3_param_persistence_threshold": 10 * hidden,
+        }.items():
+            if ds["zero_optimization"].get(key) == "auto":
+                ds["zero_optimization"][key] = value
+        if (
+            "optimizer" in ds
+        ):  # zero3-offload: DeepSpeed's own AdamW steps the offloaded states, with ours' settings
+            from accelerate.utils import DummyOptim
+
+            settings = optimizer.defaults
+            ds["optimizer"]["params"].update({k: settings[k] for k in ("lr", "betas", "eps", "weight_decay")})
+            optimizer = DummyOptim(optimizer.param_groups[0]["params"], lr=settings["lr"])
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
 
@@ -116,10 +130,12 @@ def train(inputs: Inputs) -> Result:
         # the policy and reference passes in the same precision (KL starts at 0); on a CPU the sampling runs
         # outside autocast: decoding is memory-bound, and autocast re-casts every float32 weight at every token
         # (10 completions x 10 tokens on SmolLM2, 2-core AMX CPU: 1.55 instead of 1.9 s)
-        rollout = make_rollout(
-            unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value, accelerator.autocast,
-            sample_in_autocast=hw.device != "cpu", kernel=m.update_attn_implementation,
-        )  # fmt: skip
+        # ZeRO-3: each rank samples from the whole weights, as TRL's trainers do
+        with whole_weights(unwrapped):
+            rollout = make_rollout(
+                unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value, accelerator.autocast,
+                sample_in_autocast=hw.device != "cpu", kernel=m.update_attn_implementation,
+            )  # fmt: skip
         t_opt = time.perf_counter()
         with attention_kernel(unwrapped.policy, m.update_attn_implementation):
             stats = optimise(model, optimizer, accelerator, rollout, m)
@@ -154,7 +170,8 @@ def train(inputs: Inputs) -> Result:
             "num_tokens": state["tokens_seen"],
         },
         extra={f"final_{k}": v for k, v in final.items()},
-        heads={"value_head": unwrapped.value_head},  # saved beside the adapter: the critic can be reused
+        # beside the adapter: the critic can be reused
+        heads={"value_head": whole_head(unwrapped.value_head)},
     )
 
 
@@ -189,8 +206,9 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     if is_deepspeed(accelerator):  # ZeRO partitions the optimizer: each rank holds its own part
         torch.save(optimizer.state_dict(), out / f"optimizer-{rank}.pt")
     checkpoint.every_rank_here()
+    with whole_weights(model):  # ZeRO-3: every rank takes part in gathering them
+        trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
     if accelerator.is_main_process:
-        trainable = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, out / "trainable.safetensors")
         # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an
         # optimizer step can span rollouts, and a resumed run that lost them would step on part of its
@@ -218,8 +236,9 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
     import numpy as np
     from safetensors.torch import load_file
 
-    missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
-    assert not unexpected, unexpected  # the same model and adapter, or the checkpoint is not this run's
+    if not is_partitioned(model):  # ZeRO-3 restores them with the optimizer, from its float32 masters
+        missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
+        assert not unexpected, unexpected  # the same model and adapter, or the checkpoint is not this run's
     if (path / "gradients.safetensors").is_file():  # an optimizer step that spans the checkpoint
         pending = load_file(path / "gradients.safetensors")
         for name, param in model.named_parameters():
@@ -265,6 +284,19 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
 
 def is_deepspeed(accelerator) -> bool:
     return accelerator.state.deepspeed_plugin is not None
+
+
+def whole_head(head: nn.Linear) -> nn.Linear:
+    """The value head itself, or under ZeRO-3 a copy with its whole weights (a collective: every rank calls it)."""
+    if not is_partitioned(head):
+        return head
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=None):
+        state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    whole = nn.Linear(head.in_features, head.out_features, dtype=state["weight"].dtype)
+    whole.load_state_dict(state)
+    return whole
 
 
 class PhaseClock:
