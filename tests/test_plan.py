@@ -118,6 +118,21 @@ def test_zero3_over_4_processes_divides_the_weights(make_cfg):
     )
 
 
+@pytest.mark.parametrize("method", ["ppo", "grpo"])
+def test_zero3_counts_the_whole_weights_each_process_gathers_to_sample(make_cfg, method):
+    """ppo's loop and TRL's trainers gather ZeRO-3's shards to generate: the generation phase holds the whole
+    weights (FSDP generates layer by layer, and training passes gather one layer at a time)."""
+    one = estimate(make_cfg, "model=mistral-7b", "hardware=a100", f"method={method}")
+    zero3 = plan.terms(one.shape, one.hw, one.work, "deepspeed-zero3", 4)
+    gathered = next(t for t in zero3.terms if t.name == "weights gathered to sample")
+    assert gathered.phase == "generate"
+    assert gathered.bytes + term(zero3, "weights") == pytest.approx(term(one, "weights"))
+    assert not [
+        t for t in plan.terms(one.shape, one.hw, one.work, "fsdp", 4).terms if t.name.startswith("weights ")
+    ]
+    assert not [t for t in one.terms if t.name.startswith("weights ")]
+
+
 def test_a_shorter_longest_row_lowers_the_estimate(make_cfg):
     longest = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4")
     short = estimate(make_cfg, "model=llama-3.2-3b", "hardware=t4", tokens=100)

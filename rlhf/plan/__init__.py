@@ -596,6 +596,16 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
                 "generate",
             )
         )
+        if engine.startswith("deepspeed-zero3") and wn > 1:
+            # ppo, and TRL's trainers (ds3_gather_for_generation), sample from the whole weights in each process
+            out.append(
+                Term(
+                    "weights gathered to sample",
+                    weights - (0 if offload else weights / wn),
+                    f"every shard of the weights gathered onto each {'GPU' if gpu else 'process'} for generation",
+                    "generate",
+                )
+            )
         out.append(
             Term(
                 "rollout scoring",
