@@ -284,6 +284,21 @@ def two_processes(run_rlhf, run: Path, *overrides: str, engine: str = "ddp"):
     )
 
 
+def whole_and_stopped(run_rlhf, start_rlhf, tmp_path: Path, overrides: list[str], step: int, sig: int):
+    """An uninterrupted run in tmp_path/whole, and the same run in tmp_path/stopped sent `sig` (to its process
+    group, as a terminal or a scheduler does) at `step`: it exits 128 + sig without a traceback. The stopped
+    run's directory and its interrupted.json."""
+    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    run = tmp_path / "stopped"
+    proc = start_rlhf(*overrides, f"hydra.run.dir={run}")
+    signal_at_step(run, step, lambda: os.killpg(proc.pid, sig)).join(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert "Traceback" not in stderr
+    return run, json.loads((run / "interrupted.json").read_text())
+
+
 def adapter(run: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -402,16 +417,7 @@ def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp
     launch exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and
     adapter."""
     overrides = [*STOPPABLE, f"distributed={engine}", "distributed.num_processes=2"]
-    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    run = tmp_path / "stopped"
-    proc = start_rlhf(*overrides, f"hydra.run.dir={run}")
-    signal_at_step(run, 2, lambda: os.killpg(proc.pid, signal.SIGINT)).join(timeout=300)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGINT, stderr[-3000:]
-    assert "Traceback" not in stderr
-    record = json.loads((run / "interrupted.json").read_text())
+    run, record = whole_and_stopped(run_rlhf, start_rlhf, tmp_path, overrides, 2, signal.SIGINT)
     assert 2 <= record["step"] < 30 and not (run / "model").exists()
     stopped_at = run / "checkpoints" / f"step-{record['step']}"
     assert sorted(p.name for p in stopped_at.glob("rng_state_*.pth")) == [
@@ -571,14 +577,8 @@ def test_a_stopped_two_process_ppo_run_resumes_to_the_same_end(run_rlhf, start_r
     under ZeRO each rank also saves its partition of the optimizer (ZeRO-3's float32 masters restore the
     weights)."""
     overrides = [*PPO, "method.max_steps=10", "checkpoint.every=1", f"distributed={preset}"]
-    whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    run = tmp_path / "stopped"
-    proc = start_rlhf(*overrides, f"hydra.run.dir={run}")
-    signal_at_step(run, 3, lambda: os.killpg(proc.pid, signal.SIGTERM)).join(timeout=300)
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    stopped = json.loads((run / "interrupted.json").read_text())["step"]
+    run, record = whole_and_stopped(run_rlhf, start_rlhf, tmp_path, overrides, 3, signal.SIGTERM)
+    stopped = record["step"]
     assert 3 <= stopped < 10
 
     resumed = run_rlhf(f"resume={run}")
@@ -631,50 +631,25 @@ def test_a_two_job_sweep_through_submitit_local(run_rlhf, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_submitit_jobs_warning_signal_checkpoints_requeues_and_resumes(run_rlhf, start_rlhf, tmp_path):
-    """Slurm's warning before a time limit or a preemption (hydra/launcher=slurm sbatches --signal=USR2@120): the job's run
-    finishes its step, checkpoints and hands the signal to submitit, which requeues the job; the requeued job
-    resumes from that checkpoint and ends on the uninterrupted run's curve and adapter. submitit-local's
-    executor requeues as Slurm does (its exit code 144)."""
+@pytest.mark.parametrize(
+    "preset,to", [("none", "the job's process"), ("ddp", "every process"), ("ddp", "the job's process")]
+)
+def test_a_submitit_jobs_warning_checkpoints_requeues_and_resumes(run_rlhf, start_rlhf, tmp_path, preset, to):
+    """Slurm's warning before a time limit or a preemption (hydra/launcher=slurm sbatches --signal=USR2@120):
+    the job's run finishes its step, checkpoints and hands the signal to submitit, which requeues the job; the
+    requeued job resumes from that checkpoint and ends on the uninterrupted run's curve and adapter.
+    submitit-local's executor requeues as Slurm does (its exit code 144). With distributed=ddp, Slurm signals
+    every process of the job (the job's process, the launcher, the ranks), `scancel --signal=USR2 --batch` or
+    submitit-local the job's process alone, which passes it on; the launcher does not die of it, and the job's
+    process hands it to submitit once the launch has stopped (before, the launch died of the signal at once
+    and the requeued job was refused: its directory held files)."""
     import psutil
 
-    whole = run_rlhf(*STOPPABLE, f"hydra.run.dir={tmp_path / 'whole'}")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
-    sweep = tmp_path / "sweep"
-    proc = start_rlhf("-m", "hydra/launcher=submitit-local", *STOPPABLE, f"hydra.sweep.dir={sweep}")
-    job = sweep / "0_lora_tiny"
-
-    def warn():
-        for p in psutil.Process(proc.pid).children(recursive=True):
-            if "submitit.core._submit" in " ".join(p.cmdline()):
-                p.send_signal(signal.SIGUSR2)
-
-    signal_at_step(job, 2, warn).join(timeout=300)
-    _, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stderr[-3000:]
-    logs = "".join(f.read_text() for f in (sweep / ".submitit").rglob("*_log.*"))
-    assert "SIGUSR2: stopped after step" in logs and "Requeued job" in logs
-    summary = json.loads((job / "summary.json").read_text())
-    assert 2 <= summary["resumed_from_step"] < 30 and not (job / "interrupted.json").exists()
-    assert curve(job) == curve(tmp_path / "whole")
-    assert_same_adapter(tmp_path / "whole", job)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("to", ["every process", "the job's process"])
-def test_a_launched_submitit_jobs_warning_checkpoints_requeues_and_resumes(
-    run_rlhf, start_rlhf, tmp_path, to
-):
-    """A sweep job with distributed=ddp warned before its time limit: Slurm signals every process of the job
-    (the job's process, the launcher, the ranks); `scancel --signal=USR2 --batch` or submitit-local the job's
-    process alone, which passes it on. Either way the ranks finish the step and checkpoint, the launcher does
-    not die of the signal, the job's process hands it to submitit once the launch has stopped, and the
-    requeued job's ranks resume from that checkpoint to the uninterrupted launch's curve and adapter. Before,
-    the launch died of the signal at once and the requeued job was refused (its directory held files)."""
-    import psutil
-
-    overrides = [*STOPPABLE, "distributed=ddp", "distributed.num_processes=2"]
+    overrides = (
+        [*STOPPABLE]
+        if preset == "none"
+        else [*STOPPABLE, f"distributed={preset}", "distributed.num_processes=2"]
+    )
     whole = run_rlhf(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
     assert whole.returncode == 0, whole.stderr[-3000:]
 
