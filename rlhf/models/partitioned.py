@@ -53,6 +53,19 @@ def is_partitioned(model) -> bool:
 
 
 @contextlib.contextmanager
+def gathered(params: list):
+    """These parameters whole in each process for the block where ZeRO-3 partitions them (a collective: every
+    rank enters it); otherwise nothing."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+@contextlib.contextmanager
 def whole_weights(model):
     """Every weight of a ZeRO-3-partitioned model whole in each process for the block (a collective: every
     rank enters it), so rank 0 can score and sample the base model on its own; otherwise nothing."""

@@ -16,7 +16,7 @@ from rlhf.methods import Inputs, Result
 from rlhf.methods._common import lora_config
 from rlhf.methods.ppo import core
 from rlhf.models import attention_kernel
-from rlhf.models.partitioned import is_partitioned, whole_weights
+from rlhf.models.partitioned import gathered, is_partitioned, whole_weights
 from rlhf.runtime import launch_engine
 
 
@@ -97,9 +97,8 @@ def train(inputs: Inputs) -> Result:
         }.items():
             if ds["zero_optimization"].get(key) == "auto":
                 ds["zero_optimization"][key] = value
-        if (
-            "optimizer" in ds
-        ):  # zero3-offload: DeepSpeed's own AdamW steps the offloaded states, with ours' settings
+        # zero3-offload: DeepSpeed's own AdamW steps the offloaded states, with our optimizer's settings
+        if "optimizer" in ds:
             from accelerate.utils import DummyOptim
 
             settings = optimizer.defaults
@@ -206,13 +205,17 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     if is_deepspeed(accelerator):  # ZeRO partitions the optimizer: each rank holds its own part
         torch.save(optimizer.state_dict(), out / f"optimizer-{rank}.pt")
     checkpoint.every_rank_here()
-    with whole_weights(model):  # ZeRO-3: every rank takes part in gathering them
-        trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    with gathered(list(trainable.values())):  # ZeRO-3: every rank takes part in gathering them
+        if accelerator.is_main_process:
+            save_file(
+                {n: p.detach().cpu().contiguous() for n, p in trainable.items()},
+                out / "trainable.safetensors",
+            )
     if accelerator.is_main_process:
-        save_file(trainable, out / "trainable.safetensors")
         # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an
         # optimizer step can span rollouts, and a resumed run that lost them would step on part of its
-        # mini-batches only (under DeepSpeed they live in the engine: rollouts end on a step, rlhf.validate)
+        # mini-batches only (under DeepSpeed they live in the engine: rollouts end on a step, rlhf.distributed)
         pending = {
             n: p.grad.detach().cpu().contiguous()
             for n, p in model.named_parameters()
@@ -290,9 +293,7 @@ def whole_head(head: nn.Linear) -> nn.Linear:
     """The value head itself, or under ZeRO-3 a copy with its whole weights (a collective: every rank calls it)."""
     if not is_partitioned(head):
         return head
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=None):
+    with gathered(list(head.parameters())):
         state = {k: v.detach().clone() for k, v in head.state_dict().items()}
     whole = nn.Linear(head.in_features, head.out_features, dtype=state["weight"].dtype)
     whole.load_state_dict(state)
