@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	# DeepSpeed's shared-memory allreduce for CPU processes (distributed=deepspeed-* on a CPU), compiled once
 	# (~30 s) here rather than in the first such run; without a C++ compiler DeepSpeed falls back to gloo's
 	$(PY) -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder as B; B().load()" >/dev/null 2>&1 || true
+	@$(PY) -c "from rlhf import runtime as r; any(map(r.find_allocator, r.ALLOCATORS)) or print(r.NO_ALLOCATOR)"
 	@touch $(STAMP)
 
 .PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan bench-footprint bench-activations clean
@@ -71,7 +72,7 @@ bench-packing: $(STAMP) ## SFT tokens/s with and without data.packing=true on th
 bench-plan: $(STAMP) ## the memory plan's estimate vs published peak memory (GPU) and measured peak RSS (this CPU)
 	$(PY) bench/plan_estimate.py
 
-bench-footprint: $(STAMP) ## peak memory of each method's training on the embedded model beside s/step, malloc tuning on and off
+bench-footprint: $(STAMP) ## peak memory of each method's training on the embedded model beside s/step, on tcmalloc and glibc
 	$(PY) bench/footprint.py
 
 bench-activations: $(STAMP) ## what a DPO forward keeps for backward, by the line that saved it, beside the plan's term

@@ -1,15 +1,17 @@
 """Our own footprint: peak memory of each method's training on the embedded model, beside its speed.
 
-    .venv/bin/python bench/footprint.py [--steps N] [--methods lora,dpo,...] [--malloc both|tuned|glibc]
+    .venv/bin/python bench/footprint.py [--steps N] [--methods lora,dpo,...] [--malloc tcmalloc,tuned,...]
                                                                                        (make bench-footprint)
 
 Each row is one `python -m rlhf method=<m> eval=none` run of `--steps` steps in its own process, on this
 machine's profile. Its summary.json gives the peak resident memory of each stage (loading with the plan,
 training, saving and samples afterwards: /proc/self/clear_refs resets the high-water mark between them) and
 the time per step; the idle process (python importing torch, transformers, trl and peft) is measured the same
-way. With `--malloc both`, every method runs twice side by side: with the run's malloc tuning (rlhf.runtime)
-and with glibc's own thresholds (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ set, which the tuning
-respects), so the memory the tuning costs and the speed it buys are in one table.
+way. `--malloc` lists the allocators each method runs on, one after the other, so their memory and speed
+are side by side in one table: tcmalloc or jemalloc (preloaded: rlhf.runtime.preload_malloc, RLHF_MALLOC),
+glibc's malloc as the run tunes it (`tuned`), and glibc's own thresholds (`glibc`: MALLOC_MMAP_THRESHOLD_ /
+MALLOC_TRIM_THRESHOLD_ set, which the tuning respects). The default: what a run uses on this machine
+(tcmalloc where it is installed) beside tuned glibc.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ TARGET_TRAIN_MB = 1500  # every method's training on the embedded model
 TARGET_RUN_MB = 2500  # the default run (LoRA + eval=quick), whole process
 METHODS = ("lora", "sft", "prompt-tuning", "rm", "dpo", "kto", "ppo", "grpo", "rloo")
 GLIBC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+MALLOCS = {  # the environment of each allocator's runs
+    "tcmalloc": {"RLHF_MALLOC": "tcmalloc"},
+    "jemalloc": {"RLHF_MALLOC": "jemalloc"},
+    "tuned": {"RLHF_MALLOC": "glibc"},
+    "glibc": {"RLHF_MALLOC": "glibc", **GLIBC},
+}
 
 
 def cpu() -> str:
@@ -42,9 +50,13 @@ def cpu() -> str:
 
 
 def idle_mb(env: dict[str, str]) -> float:
+    """Peak RSS of a process that starts as a run does (rlhf.cli: the allocator) and imports the libraries."""
     code = (
-        "import torch, transformers, trl, peft, resource; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        "from rlhf import cli\n"
+        "def idle(argv):\n"
+        "    import peft, resource, torch, transformers, trl\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "cli.run(idle)"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
@@ -69,6 +81,7 @@ def run(method: str, steps: int, env: dict[str, str], extra: list[str]) -> dict:
         "after": stages.get("eval"),
         "peak": summary["peak_rss_mb"],
         "s_per_step": summary["train_runtime_s"] / max(summary["steps"], 1),
+        "malloc": summary.get("malloc", "?"),
     }
 
 
@@ -76,43 +89,61 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--malloc", choices=("both", "tuned", "glibc"), default="both")
+    parser.add_argument(
+        "--malloc",
+        default="",
+        help=f"comma-separated, of {', '.join(MALLOCS)} (default: tcmalloc,tuned where tcmalloc is installed, "
+        "else tuned,glibc)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run")
     args = parser.parse_args()
-    modes = {"both": ("tuned", "glibc"), "tuned": ("tuned",), "glibc": ("glibc",)}[args.malloc]
-    envs = {"tuned": dict(os.environ), "glibc": {**os.environ, **GLIBC}}
+    sys.path.insert(0, str(ROOT))
+    from rlhf.runtime import find_allocator
+
+    default = "tcmalloc,tuned" if find_allocator("tcmalloc") else "tuned,glibc"
+    modes = (args.malloc or default).split(",")
+    unknown = [m for m in modes if m not in MALLOCS]
+    if unknown:
+        parser.error(f"--malloc {','.join(unknown)}: not one of {', '.join(MALLOCS)}")
+    envs = {mode: {**os.environ, **MALLOCS[mode]} for mode in modes}
     print(f"machine: {cpu()}; {args.steps} steps per run; overrides: {' '.join(args.overrides) or 'none'}")
     idle = {mode: idle_mb(envs[mode]) for mode in modes}
     print(
         "idle process (torch, transformers, trl, peft imported): "
         + ", ".join(f"{m} {v:.0f} MB" for m, v in idle.items())
     )
-    header = f"{'method':<14} {'malloc':<6} {'load MB':>8} {'train MB':>9} {'above idle':>10} {'after MB':>9} {'s/step':>7}"
+    header = (
+        f"{'method':<14} {'malloc':<8} {'load MB':>8} {'train MB':>9} {'above idle':>10} {'after MB':>9}"
+        f" {'s/step':>7}"
+    )
     print(header)
     print("-" * len(header))
     results = {}
     for method in args.methods.split(","):
-        for mode in modes:  # side by side: the two settings of a method run one after the other
+        for mode in modes:  # side by side: a method's runs on each allocator, one after the other
             r = run(method, args.steps, envs[mode], args.overrides)
             results[(method, mode)] = r
             if "error" in r:
-                print(f"{method:<14} {mode:<6} failed: {r['error']}")
+                print(f"{method:<14} {mode:<8} failed: {r['error']}")
                 continue
             flag = "" if r["train"] <= TARGET_TRAIN_MB else f"  > {TARGET_TRAIN_MB} MB target"
             print(
-                f"{method:<14} {mode:<6} {r['load']:>8.0f} {r['train']:>9.0f} {r['train'] - idle[mode]:>10.0f}"
+                f"{method:<14} {mode:<8} {r['load']:>8.0f} {r['train']:>9.0f} {r['train'] - idle[mode]:>10.0f}"
                 f" {r['after']:>9.0f} {r['s_per_step']:>7.2f}{flag}",
                 flush=True,
             )
-    if args.malloc == "both":
-        print("\ntuned vs glibc thresholds: training peak (MB) and s/step ratio per method")
+    if len(modes) > 1:
+        first, rest = modes[0], modes[1:]
+        print(f"\n{first} against the others: training peak (MB) and time per step, per method")
         for method in args.methods.split(","):
-            a, b = results.get((method, "tuned"), {}), results.get((method, "glibc"), {})
-            if "train" in a and "train" in b:
-                print(
-                    f"  {method:<14} {a['train'] - b['train']:+6.0f} MB, "
-                    f"{b['s_per_step'] / a['s_per_step']:.2f}x faster tuned"
-                )
+            a = results.get((method, first), {})
+            for other in rest:
+                b = results.get((method, other), {})
+                if "train" in a and "train" in b:
+                    print(
+                        f"  {method:<14} vs {other:<8} {a['train'] - b['train']:+6.0f} MB, "
+                        f"{a['s_per_step'] / b['s_per_step']:.2f}x the time"
+                    )
 
 
 if __name__ == "__main__":

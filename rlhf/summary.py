@@ -12,9 +12,9 @@ from rlhf import methods
 
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process, per stage where they were told apart, and peak GPU memory."""
-    from rlhf.runtime import PEAKS
+    from rlhf.runtime import PEAKS, malloc
 
-    peak: dict[str, Any] = {"peak_rss_mb": PEAKS.peak_mb()}
+    peak: dict[str, Any] = {"peak_rss_mb": PEAKS.peak_mb(), "malloc": malloc()}
     if PEAKS.peaks:  # the stages told apart, and the one still running: saving, samples and the eval
         peak["peak_rss_mb_by_stage"] = {**PEAKS.peaks, "eval": round(PEAKS.high_water_mb(), 1)}
     import torch
@@ -107,7 +107,9 @@ def print_run_table(summary: dict[str, Any], run_dir: Path) -> None:
         ("speed", f"{fmt(summary['tokens_per_s'])} tokens/s ({fmt(summary['train_tokens'])} tokens)"),
         (
             "peak memory",
-            f"{summary['peak_rss_mb']:.0f} MB RSS" + by_stage(summary.get("peak_rss_mb_by_stage")),
+            f"{summary['peak_rss_mb']:.0f} MB RSS"
+            + by_stage(summary.get("peak_rss_mb_by_stage"))
+            + (f"; malloc: {summary['malloc']}" if summary.get("malloc") else ""),
         ),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
         (

@@ -20,8 +20,9 @@ import pytest
 from rlhf import checkpoint, distributed
 from rlhf.errors import ConfigError, Problems
 from rlhf.validate import validate
-from tests.conftest import CONF, environment
+from tests.conftest import CONF, environment, process_env
 from tests.test_checkpoint import signal_at_step
+from tests.test_runtime import command_malloc
 
 PRESETS = sorted(p.stem for p in (CONF / "distributed").glob("*.yaml"))
 GPU_PROFILE = SimpleNamespace(name="a100", device="cuda", precision="bf16", load_in_4bit=False)
@@ -350,6 +351,9 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
     assert curve(tmp_path / "two")[0][1] == 2 / 80  # the shipped set's 80 rows, 2 a step: two processes ran
     assert_same_curve(curve(one, "grad_norm"), curve(tmp_path / "two", "grad_norm"))
     assert_same_adapter(one, tmp_path / "two")
+    # the launch's processes run on the allocator the command chose (tcmalloc where the machine has it)
+    chosen = command_malloc(process_env(tmp_path))[0]
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["malloc"] == chosen
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ SUMMARY_KEYS = [
     "method", "model", "hardware", "precision", "data", "data_rows", "seed", "steps", "first_loss",
     "final_loss", "loss_start_mean", "loss_end_mean", "train_loss", "train_runtime_s", "train_tokens",
     "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval_loss", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
-    "peak_rss_mb_by_stage",
+    "malloc", "peak_rss_mb_by_stage",
     "wall_time_s", "data_truncated", "data_dropped", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
     "gpu", "alarms", "stopped_early",
 ]  # fmt: skip

@@ -66,3 +66,91 @@ def test_run_processes_bound_onednns_primitive_cache_unless_the_user_set_it(alre
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+# a command line through rlhf.cli: which allocator it ran on, its process id and its arguments
+PROBE = (
+    "import os, sys\n"
+    "from rlhf import cli, runtime\n"
+    "cli.run(lambda argv: print(runtime.malloc(), os.getpid(), ' '.join(argv)))"
+)
+FOUND = {name: runtime.find_allocator(name) for name in runtime.ALLOCATORS}
+AUTO = next(
+    (name for name, path in FOUND.items() if path), "glibc"
+)  # tcmalloc, then jemalloc, as torch's launcher
+
+
+def needs(name: str):
+    return pytest.mark.skipif(
+        FOUND[name] is None, reason=f"no {name} on this machine (Debian: libtcmalloc-minimal4, libjemalloc2)"
+    )
+
+
+def command_malloc(env: dict[str, str], *args: str) -> tuple[str, int, str, int]:
+    """A command line started with `env`: the allocator it ran on, its process id and arguments as it saw
+    them, and the id of the process that was started."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROBE, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    name, pid, seen = (out.split(maxsplit=2) + [""])[:3]
+    return name, int(pid), seen.strip(), proc.pid
+
+
+@pytest.mark.skipif(not runtime.sys.platform.startswith("linux"), reason="LD_PRELOAD: Linux")
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, AUTO),
+        ({"RLHF_MALLOC": "glibc"}, "glibc"),
+        pytest.param({"RLHF_MALLOC": "tcmalloc"}, "tcmalloc", marks=needs("tcmalloc")),
+        pytest.param({"RLHF_MALLOC": "jemalloc"}, "jemalloc", marks=needs("jemalloc")),
+        ({"MALLOC_MMAP_THRESHOLD_": "131072"}, "glibc"),  # glibc's own thresholds asked for: glibc's malloc
+    ],
+)
+def test_a_command_runs_again_in_the_same_process_on_the_allocator_chosen(env, expected):
+    """The allocator is read from the libraries the process mapped (/proc/self/maps), not from LD_PRELOAD."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if k not in ("RLHF_MALLOC", "LD_PRELOAD", "MALLOC_CONF")}
+    name, pid, seen, started = command_malloc({**base, **env}, "method=dpo", "a b")
+    assert name == expected
+    assert pid == started  # executed itself again: a signal to the process it started still reaches it
+    assert seen == "method=dpo a b"  # its arguments as given
+
+
+@needs("tcmalloc")
+def test_what_a_stage_freed_goes_back_to_the_os_on_tcmalloc_too():
+    """release_memory between stages: tcmalloc keeps freed pages, as tuned glibc does, until asked."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from rlhf import runtime\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+        "big = np.ones(300 * 2**20 // 8); del big\n"
+        "kept = rss(); runtime.release_memory(); print(runtime.malloc(), kept, rss())"
+    )
+    env = {"LD_PRELOAD": FOUND["tcmalloc"], "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    name, kept, after = out.stdout.split()
+    assert name == "tcmalloc"
+    assert float(kept) - float(after) > 200, out.stdout  # the freed 300 MB was held, then handed back
+
+
+def test_an_unknown_allocator_is_one_line_and_exit_2(run_rlhf):
+    out = run_rlhf("--help", env={"RLHF_MALLOC": "tcmaloc"})
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: RLHF_MALLOC=tcmaloc: no such allocator; fix: one of auto, tcmalloc, jemalloc, glibc"
+    )
