@@ -171,12 +171,8 @@ def start_rlhf(cache_dir):
 
 def process_env(cache_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a `python -m rlhf` process: the test cache, no wandb key or mode from the
-    developer's machine (runs stay offline: logger=wandb is the default), Hydra's short errors, and glibc's
-    malloc unless RLHF_MALLOC is set: a tiny model's process is mostly its start-up, which running again on
-    tcmalloc made ~15% slower over the fast tier (tests/test_runtime.py and the two-process LoRA tests run
-    on the machine's own choice)."""
+    developer's machine (runs stay offline: logger=wandb is the default), Hydra's short errors."""
     base = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR" and not k.startswith("WANDB_")}
-    base.setdefault("RLHF_MALLOC", "glibc")
     return {**base, "RLHF_CACHE_DIR": str(cache_dir), "NETRC": str(cache_dir / "no-netrc"), **(env or {})}
 
 

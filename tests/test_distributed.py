@@ -24,7 +24,6 @@ from tests.conftest import CONF, environment, process_env
 from tests.test_checkpoint import signal_at_step
 from tests.test_runtime import command_malloc
 
-MACHINE_MALLOC = {"RLHF_MALLOC": "auto"}  # what a command runs on here (tcmalloc where installed)
 PRESETS = sorted(p.stem for p in (CONF / "distributed").glob("*.yaml"))
 GPU_PROFILE = SimpleNamespace(name="a100", device="cuda", precision="bf16", load_in_4bit=False)
 # the loss curves of one process and of two, at the same global batch: equal to float32 rounding
@@ -280,11 +279,9 @@ def assert_rank0_wrote_the_run(run: Path, out, steps: int, engine: str = "ddp") 
     assert len(zero) == (2 if engine.startswith("deepspeed") else 0), zero
 
 
-def two_processes(
-    run_rlhf, run: Path, *overrides: str, engine: str = "ddp", env: dict[str, str] | None = None
-):
+def two_processes(run_rlhf, run: Path, *overrides: str, engine: str = "ddp"):
     return run_rlhf(
-        f"distributed={engine}", "distributed.num_processes=2", *overrides, f"hydra.run.dir={run}", env=env
+        f"distributed={engine}", "distributed.num_processes=2", *overrides, f"hydra.run.dir={run}"
     )
 
 
@@ -346,7 +343,6 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
         "hardware.sft_batch_size=1",
         "hardware.sft_grad_accum=1",
         engine=engine,
-        env=MACHINE_MALLOC,
     )
     assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3, engine=engine)
     assert two.stdout.startswith(f"distributed={engine}: 2 processes: accelerate launch --config_file ")
@@ -356,7 +352,7 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
     assert_same_curve(curve(one, "grad_norm"), curve(tmp_path / "two", "grad_norm"))
     assert_same_adapter(one, tmp_path / "two")
     # the launch's processes run on the allocator the command chose (tcmalloc where the machine has it)
-    chosen = command_malloc(process_env(tmp_path, MACHINE_MALLOC))[0]
+    chosen = command_malloc(process_env(tmp_path))[0]
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["malloc"] == chosen
 
 
