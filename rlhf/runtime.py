@@ -96,14 +96,15 @@ def find_allocator(name: str) -> str | None:
 def preload_malloc() -> None:
     """Run this command again, at once, with tcmalloc (else jemalloc) preloaded where the machine has one.
 
-    glibc's malloc, even as tune_malloc sets it, holds ~200-270 MB more than tcmalloc or jemalloc at the
-    same speed by the end of a preference method's training on the embedded model (README: footprint).
+    On glibc's malloc, even as tune_malloc sets it, training on the embedded model peaked up to ~260 MB
+    higher than on tcmalloc (dpo, rm) and took 1.02-1.33x the time per step (README: Our own footprint).
     They replace malloc only if loaded before anything allocates (LD_PRELOAD), so the process executes
     itself again with LD_PRELOAD set, as torch's CPU launcher runs its children; its id, arguments and
     environment stay the same. RLHF_MALLOC chooses: auto (the default: tcmalloc, then jemalloc, else
     glibc), tcmalloc, jemalloc (exit 2 where it is missing) or glibc. Setting glibc's own thresholds
     (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_) keeps glibc, as does a process that already runs on
-    one of these allocators. Only for a command line: call it before the process does any work.
+    one of these allocators, or one whose preload the dynamic loader ignored (a library it cannot load: it
+    says so on stderr). Only for a command line: call it before the process does any work.
     """
     from rlhf.errors import UserError
 
@@ -125,6 +126,8 @@ def preload_malloc() -> None:
             f"(Debian/Ubuntu: apt install {package}) or set RLHF_MALLOC=auto"
         )
     name, path = found
+    if path in os.environ.get("LD_PRELOAD", "").split(":"):  # preloaded, and the loader ignored it: go on
+        return
     env = dict(os.environ)
     env["LD_PRELOAD"] = ":".join(filter(None, (path, env.get("LD_PRELOAD"))))
     if name == "jemalloc":

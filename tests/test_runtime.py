@@ -127,6 +127,18 @@ def test_a_command_runs_again_in_the_same_process_on_the_allocator_chosen(env, e
     assert seen == "method=dpo a b"  # its arguments as given
 
 
+def test_a_library_the_loader_cannot_preload_leaves_the_command_on_glibc(tmp_path):
+    """An allocator found but not loadable (here: an empty file where conda's would be): the loader ignores
+    the preload, and the command goes on once on glibc instead of running itself again for ever."""
+    import os
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    base = {k: v for k, v in os.environ.items() if k not in ("RLHF_MALLOC", "LD_PRELOAD", "MALLOC_CONF")}
+    name, pid, seen, started = command_malloc({**base, "CONDA_PREFIX": str(tmp_path)}, "x")
+    assert (name, pid, seen) == ("glibc", started, "x")
+
+
 @needs("tcmalloc")
 def test_what_a_stage_freed_goes_back_to_the_os_on_tcmalloc_too():
     """release_memory between stages: tcmalloc keeps freed pages, as tuned glibc does, until asked."""
