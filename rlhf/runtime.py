@@ -197,7 +197,7 @@ def release_memory() -> None:
             ctypes.CDLL(None).mallctl(b"arena.4096.purge", None, None, None, ctypes.c_size_t(0))
         else:
             ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+    except (OSError, AttributeError):  # a libc without malloc_trim (musl), or the library not found
         return
 
 

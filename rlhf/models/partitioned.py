@@ -48,15 +48,20 @@ def load_partitioned(model_config: Any, precision: str) -> bool:
 
 
 def is_partitioned(model) -> bool:
-    """Whether ZeRO-3 holds the model's weights partitioned (DeepSpeed marks each such parameter with an id)."""
-    return any(hasattr(p, "ds_id") for p in model.parameters())
+    """Whether ZeRO-3 holds the model's weights partitioned."""
+    return any_partitioned(model.parameters())
+
+
+def any_partitioned(params) -> bool:
+    """Whether ZeRO-3 holds any of these parameters partitioned (DeepSpeed marks each such one with an id)."""
+    return any(hasattr(p, "ds_id") for p in params)
 
 
 @contextlib.contextmanager
 def gathered(params: list):
     """These parameters whole in each process for the block where ZeRO-3 partitions them (a collective: every
     rank enters it); otherwise nothing."""
-    if not any(hasattr(p, "ds_id") for p in params):
+    if not any_partitioned(params):
         yield
         return
     import deepspeed
@@ -72,7 +77,6 @@ def whole_weights(model):
     if not is_partitioned(model):
         yield model
         return
-    import deepspeed
     from transformers.integrations import deepspeed as hf_deepspeed
 
     # rank 0 runs alone in the block: transformers would otherwise take ZeRO-3 as in effect and generate with
@@ -80,7 +84,7 @@ def whole_weights(model):
     held = (
         hf_deepspeed._hf_deepspeed_config_weak_ref() if hf_deepspeed._hf_deepspeed_config_weak_ref else None
     )
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+    with gathered(list(model.parameters())):
         hf_deepspeed.unset_hf_deepspeed_config()
         try:
             yield model
