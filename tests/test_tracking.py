@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,25 @@ SECRET = "wb-test-secret-6f1c0d9a7e"  # stands for an API key: it must reach no 
 
 
 def read_wandb_run(job_dir: Path) -> dict:
-    """The run, config, summary, history and exit code of the offline run in job_dir/wandb/.
+    """The run, config, summary, history, exit code and record types (in order) of the offline run in
+    job_dir/wandb/."""
+    (path,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
+    # wandb's service writes the file in its own process: a run finished in this process may not be all there
+    # yet, so read until its exit record is in (or 30 s have passed)
+    deadline = time.monotonic() + 30
+    while (out := parse_wandb_file(path))["exit_code"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return out
 
-    An offline run is a LevelDB-style log of wandb's protobuf `Record`s: a 7-byte header, then 32 KiB blocks
-    of chunks (crc32: 4 bytes, length: 2, type: 1 = whole record, 2/3/4 = first/middle/last piece).
-    """
+
+def parse_wandb_file(path: Path) -> dict:
+    """An offline run is a LevelDB-style log of wandb's protobuf `Record`s: a 7-byte header, then 32 KiB blocks
+    of chunks (crc32: 4 bytes, length: 2, type: 1 = whole record, 2/3/4 = first/middle/last piece)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = job_dir.glob("wandb/offline-run-*/run-*.wandb")
     data, pos, piece, block = path.read_bytes(), 7, b"", 32768
     assert data.startswith(b":W&B")
-    out: dict = {"config": {}, "summary": {}, "history": [], "exit_code": None}
+    out: dict = {"config": {}, "summary": {}, "history": [], "exit_code": None, "records": []}
 
     def items(updates) -> dict:
         return {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in updates}
@@ -48,6 +57,7 @@ def read_wandb_run(job_dir: Path) -> dict:
             continue
         record = pb.Record.FromString(piece)
         piece, which = b"", record.WhichOneof("record_type")
+        out["records"].append(which)
         if which == "run":
             out.update(group=record.run.run_group, job_type=record.run.job_type, name=record.run.display_name)
             out["config"].update(items(record.run.config.update))
