@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from rlhf import config, hardware, models, plan, runtime  # noqa: E402
 from rlhf.methods._common import lora_config  # noqa: E402
+from rlhf.models.lean import make_lean  # noqa: E402
 
 
 def where(stack: list[traceback.FrameSummary]) -> str:
@@ -56,6 +57,8 @@ def main() -> None:
     model = get_peft_model(model, lora_config(cfg.method))
     models.upcast_trainable(model)
     models.adapter_inputs_follow_autocast(model)
+    if hw.lean_layers:  # as fit: the MLPs and norms keep less (rlhf.models.lean)
+        make_lean(model)
     if hw.pack_rows:  # as rlhf.methods._common.fit: the decoder runs on the batch's tokens only
         models.pack_padded_rows(model)
     model.train()

@@ -1,7 +1,7 @@
 """Our own footprint: peak memory of each method's training on the embedded model, beside its speed.
 
     .venv/bin/python bench/footprint.py [--steps N] [--methods lora,dpo,...] [--malloc tcmalloc,tuned,...]
-                                                                                       (make bench-footprint)
+                                        [--against OVERRIDE ...] [overrides...]      (make bench-footprint)
 
 Each row is one `python -m rlhf method=<m> eval=none` run of `--steps` steps in its own process, on this
 machine's profile. Its summary.json gives the peak resident memory of each stage (loading with the plan,
@@ -11,7 +11,8 @@ way. `--malloc` lists the allocators each method runs on, one after the other, s
 are side by side in one table: tcmalloc or jemalloc (preloaded: rlhf.runtime.preload_malloc, RLHF_MALLOC),
 glibc's malloc as the run tunes it (`tuned`), and glibc's own thresholds (`glibc`: MALLOC_MMAP_THRESHOLD_ /
 MALLOC_TRIM_THRESHOLD_ set, which the tuning respects). The default: what a run uses on this machine
-(tcmalloc where it is installed) beside tuned glibc.
+(tcmalloc where it is installed) beside tuned glibc. `--against hardware.lean_layers=false` adds a run of
+each method with that override (on the first allocator), so a setting's memory and speed are side by side too.
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def main() -> None:
         help=f"comma-separated, of {', '.join(MALLOCS)} (default: tcmalloc,tuned where tcmalloc is installed, "
         "else tuned,glibc)",
     )
+    parser.add_argument(
+        "--against", action="append", default=[], help="an override each method also runs with (repeatable)"
+    )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -106,6 +110,9 @@ def main() -> None:
     if unknown:
         parser.error(f"--malloc {','.join(unknown)}: not one of {', '.join(MALLOCS)}")
     envs = {mode: {**os.environ, **MALLOCS[mode]} for mode in modes}
+    # (label, allocator, extra overrides): every allocator, then each --against on the first one
+    variants = [(m, m, []) for m in modes] + [(a, modes[0], [a]) for a in args.against]
+    width = max(8, *(len(v[0]) for v in variants))
     print(f"machine: {cpu()}; {args.steps} steps per run; overrides: {' '.join(args.overrides) or 'none'}")
     idle = {mode: idle_mb(envs[mode]) for mode in modes}
     print(
@@ -113,27 +120,27 @@ def main() -> None:
         + ", ".join(f"{m} {v:.0f} MB" for m, v in idle.items())
     )
     header = (
-        f"{'method':<14} {'malloc':<8} {'load MB':>8} {'train MB':>9} {'above idle':>10} {'after MB':>9}"
+        f"{'method':<14} {'run':<{width}} {'load MB':>8} {'train MB':>9} {'above idle':>10} {'after MB':>9}"
         f" {'s/step':>7}"
     )
     print(header)
     print("-" * len(header))
     results = {}
     for method in args.methods.split(","):
-        for mode in modes:  # side by side: a method's runs on each allocator, one after the other
-            r = run(method, args.steps, envs[mode], args.overrides)
-            results[(method, mode)] = r
+        for label, mode, extra in variants:  # side by side: a method's runs, one after the other
+            r = run(method, args.steps, envs[mode], [*args.overrides, *extra])
+            results[(method, label)] = r
             if "error" in r:
-                print(f"{method:<14} {mode:<8} failed: {r['error']}")
+                print(f"{method:<14} {label:<{width}} failed: {r['error']}")
                 continue
             flag = "" if r["train"] <= TARGET_TRAIN_MB else f"  > {TARGET_TRAIN_MB} MB target"
             print(
-                f"{method:<14} {mode:<8} {r['load']:>8.0f} {r['train']:>9.0f} {r['train'] - idle[mode]:>10.0f}"
+                f"{method:<14} {label:<{width}} {r['load']:>8.0f} {r['train']:>9.0f} {r['train'] - idle[mode]:>10.0f}"
                 f" {r['after']:>9.0f} {r['s_per_step']:>7.2f}{flag}",
                 flush=True,
             )
-    if len(modes) > 1:
-        first, rest = modes[0], modes[1:]
+    if len(variants) > 1:
+        first, rest = variants[0][0], [v[0] for v in variants[1:]]
         print(f"\n{first} against the others: training peak (MB) and time per step, per method")
         for method in args.methods.split(","):
             a = results.get((method, first), {})
@@ -141,7 +148,7 @@ def main() -> None:
                 b = results.get((method, other), {})
                 if "train" in a and "train" in b:
                     print(
-                        f"  {method:<14} vs {other:<8} {a['train'] - b['train']:+6.0f} MB, "
+                        f"  {method:<14} vs {other:<{width}} {a['train'] - b['train']:+6.0f} MB, "
                         f"{a['s_per_step'] / b['s_per_step']:.2f}x the time"
                     )
 

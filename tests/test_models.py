@@ -7,7 +7,7 @@ import re
 
 import torch
 
-from rlhf import hardware, models
+from rlhf import hardware, models, plan
 from tests.conftest import largest_tensor, positions_through, sdpa_calls
 
 
@@ -258,3 +258,95 @@ def test_packed_rows_give_a_reward_model_the_same_scores(make_cfg):
     scores = [m(input_ids=ids, attention_mask=mask).logits for m in (padded, packed)]
     assert seen == [sum(lengths)]
     torch.testing.assert_close(scores[1], scores[0], rtol=1e-5, atol=1e-5)
+
+
+def _loss_and_grads(model, ids, autocast: bool):
+    """One training forward and backward (the model in train mode); the loss, each trainable parameter's
+    gradient, and the bytes of the distinct tensors autograd kept for backward."""
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        kept[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    model.train()
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, sum(kept.values())
+
+
+def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
+    import copy
+
+    from rlhf.models.lean import make_lean
+
+    # the cpu profile's LoRA: a bf16 base under bf16 autocast, the adapter in float32
+    base, _ = tiny("hardware.model_dtype=bfloat16")
+    plain = _adapted(base)
+    models.upcast_trainable(plain)
+    lean = copy.deepcopy(plain)  # before the hook: a copy's hook would switch the first model's layers
+    models.adapter_inputs_follow_autocast(plain), models.adapter_inputs_follow_autocast(lean)
+    n, h, i = base.config.num_hidden_layers, base.config.hidden_size, base.config.intermediate_size
+    assert make_lean(lean) == {"mlp": n, "norm": 2 * n + 1}
+    assert make_lean(lean) == {"mlp": 0, "norm": 0}  # once only
+
+    ids = torch.randint(5, base.config.vocab_size, (2, 24))
+    loss_a, grads_a, kept_a = _loss_and_grads(plain, ids, autocast=True)
+    loss_b, grads_b, kept_b = _loss_and_grads(lean, ids, autocast=True)
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) == 14 * n  # A and B of 7 linear layers each
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name
+    # per layer, the MLP no longer keeps SiLU's bf16 output (2i bytes a token) and each norm keeps its bf16
+    # input (2h) instead of its float32 copy and reciprocal (4h + 4); the plan counts the same but the
+    # reciprocal. (The first layer's input norm sees the embeddings, which need no gradient: it keeps nothing
+    # either way, and the final norm keeps as much as a layer's.)
+    assert kept_a - kept_b == ids.numel() * n * (2 * i + 2 * (2 * h + 4))
+    shape = plan.shape_from(base.config)
+    per_layer = [plan.layer_bytes_per_token(shape, "lora", 2, 2, lean) for lean in (False, True)]
+    assert per_layer[0] - per_layer[1] == 2 * i + 2 * 2 * h
+
+    # full fine-tuning in float32: the MLPs keep less, the norms compute as they did (nothing to save there)
+    full, _ = tiny("hardware.precision=fp32")
+    lean_full = copy.deepcopy(full)
+    assert make_lean(lean_full) == {"mlp": n, "norm": 2 * n + 1}
+    loss_a, grads_a, kept_a = _loss_and_grads(full, ids, autocast=False)
+    loss_b, grads_b, kept_b = _loss_and_grads(lean_full, ids, autocast=False)
+    assert torch.equal(loss_a, loss_b)
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name
+    assert kept_a - kept_b == ids.numel() * n * 4 * i  # SiLU's float32 output, and nothing of the norms
+    per_layer = [plan.layer_bytes_per_token(shape, "full", 4, 4, lean) for lean in (False, True)]
+    assert per_layer[0] - per_layer[1] == 4 * i
+
+
+def test_lean_layers_leave_a_layer_whose_forward_differs_as_it_is(tiny):
+    """A norm that scales by (1 + weight) as Gemma's does, and an MLP that gates the other projection, look
+    like a Llama's to make_lean but compute something else: their own forward stays."""
+    from rlhf.models.lean import make_lean, rms_norm
+
+    model, _ = tiny("hardware.precision=fp32")
+
+    class OffsetNorm(type(model.model.norm)):
+        def forward(self, x):
+            return rms_norm(x, 1 + self.weight, self.variance_epsilon)
+
+    class SwappedMLP(type(model.model.layers[0].mlp)):
+        def forward(self, x):
+            return self.down_proj(self.act_fn(self.up_proj(x)) * self.gate_proj(x))
+
+    norm, mlp = model.model.norm, model.model.layers[0].mlp
+    norm.__class__, mlp.__class__ = OffsetNorm, SwappedMLP
+    ids = torch.randint(5, model.config.vocab_size, (1, 12))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    n = model.config.num_hidden_layers
+    assert make_lean(model) == {"mlp": n - 1, "norm": 2 * n}
+    assert not hasattr(norm, "_lean") and not hasattr(mlp, "_lean")
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)

@@ -216,18 +216,22 @@ def callbacks(inputs: Any) -> list:
 def fit(trainer: Any, inputs: Any):
     """trainer.train(), from the checkpoint the run resumes from, if any; what trains is float32, LoRA's
     dropout is the method's, adapter layers take autocast's inputs as they come and, where the profile says,
-    the decoder runs on a padded batch's real tokens only (rlhf.models)."""
+    the MLPs and norms keep less for backward and the decoder runs on a padded batch's real tokens only
+    (rlhf.models, rlhf.models.lean)."""
     from rlhf.models import (
         adapter_inputs_follow_autocast,
         pack_padded_rows,
         set_adapter_dropout,
         upcast_trainable,
     )
+    from rlhf.models.lean import make_lean
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
     if getattr(inputs.config, "lora_dropout", 0) > 0:  # TRL's preference trainers turn every dropout off
         set_adapter_dropout(trainer.model, inputs.config.lora_dropout)
     adapter_inputs_follow_autocast(trainer.model)
+    if inputs.hardware.lean_layers:
+        make_lean(trainer.model)
     if inputs.hardware.pack_rows:
         pack_padded_rows(trainer.model)
         if getattr(trainer, "ref_model", None) is not None:  # a frozen copy: its passes packed alike

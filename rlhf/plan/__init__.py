@@ -40,6 +40,7 @@ SHARDED = (
     "fsdp",
     "deepspeed-zero3-offload",
 )  # the sharding line
+PARTITIONED = ("deepspeed-zero3", "deepspeed-zero3-offload")  # a model built partitioned (zero.Init)
 GPU_COUNTS = (2, 4, 8)
 WARN_AT = 0.9  # above this share of the device, fragmentation in the allocator can still run it out
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -308,14 +309,17 @@ def nf4_bytes(double_quant: bool) -> float:
 # h hidden size, i intermediate size, kv = kv heads x head dim; r the residual stream's element size (the
 # weights': 4 for float32, 2 for 16-bit), m the matmul outputs' (2 under bf16 / fp16 autocast, else r); 8h is
 # the two RMSNorms' float32 copies of their input. With gradient checkpointing a layer keeps only its input
-# (r x h) and one layer's whole set is rebuilt at a time.
-def layer_bytes_per_token(s: Shape, trains: str, r: int, m: int) -> float:
+# (r x h) and one layer's whole set is rebuilt at a time. Lean layers (hardware.lean_layers, rlhf.models.lean)
+# keep one intermediate-size tensor fewer in the MLP (its SiLU's output: m x i) and, on a 16-bit residual
+# stream, the norms' 16-bit input instead of its float32 copy (8h -> 2 x r x h); tests/test_models.py counts both.
+def layer_bytes_per_token(s: Shape, trains: str, r: int, m: int, lean: bool = False) -> float:
     h, i, kv = s.hidden, s.intermediate, s.kv_dim
+    fewer = m * i + (8 - 2 * r) * h if lean else 0
     if trains == "full":
-        return r * 6 * h + m * (4 * i + 2 * kv) + 8 * h
+        return r * 6 * h + m * (4 * i + 2 * kv) + 8 * h - fewer
     if trains == "lora":
-        return 24 * h + m * (4 * i + 2 * kv)
-    return r * 2 * h + m * (3 * i + 2 * kv) + 8 * h
+        return 24 * h + m * (4 * i + 2 * kv) - fewer
+    return r * 2 * h + m * (3 * i + 2 * kv) + 8 * h - fewer
 
 
 # Full logits (our ppo; transformers' own loss): when backward starts, the lm_head's output (m bytes), its
@@ -474,7 +478,7 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
             f"{w.trains} tuning, {w.virtual_tokens} virtual tokens: {count(trainable)} params at float32"
         )
 
-    shards_weights = engine in ("fsdp", "deepspeed-zero3", "deepspeed-zero3-offload")
+    shards_weights = engine in ("fsdp", *PARTITIONED)
     shards_states = shards_weights or engine == "deepspeed-zero2"
     offload = engine == "deepspeed-zero3-offload"
     wn = n if shards_weights else 1
@@ -546,15 +550,18 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         )
 
     tokens = w.rows * w.tokens
+    lean = hw.lean_layers and engine not in PARTITIONED  # make_lean leaves a partitioned model as it is
+    per_layer = layer_bytes_per_token(shape, w.trains, r, mm, lean)
     if hw.gradient_checkpointing:
-        layer_acts = tokens * (
-            shape.layers * r * shape.hidden + layer_bytes_per_token(shape, w.trains, r, mm)
-        )
+        layer_acts = tokens * (shape.layers * r * shape.hidden + per_layer)
         acts_how = "gradient checkpointing: each layer's input + one layer rebuilt"
     else:
-        layer_acts = tokens * shape.layers * layer_bytes_per_token(shape, w.trains, r, mm)
-        acts_how = f"{layer_bytes_per_token(shape, w.trains, r, mm) / 1024:.0f} KiB per token per layer"
-    acts = layer_acts + tokens * (r + 8) * shape.hidden  # the embeddings' output and the final norm's copies
+        layer_acts = tokens * shape.layers * per_layer
+        acts_how = f"{per_layer / 1024:.0f} KiB per token per layer"
+    if lean:
+        acts_how += " (lean layers)"
+    final_norm = (2 * r if lean else 8) * shape.hidden  # its copies, as a layer's norm
+    acts = layer_acts + tokens * (r * shape.hidden + final_norm)  # and the embeddings' output
     if r == 4 and mm == 2 and not quantized:
         # autocast over float32 weights: each linear layer's 16-bit copy of its weight is kept for backward
         # (measured: 1.8 MB per row per layer on SmolLM2's shape = its layer's weights at 2 bytes / 4 rows)
@@ -729,7 +736,7 @@ def fixes(est: Estimate, budget: float) -> list[tuple[str, str, Estimate]]:
         ref = "adapter" if w.reference else None
         lora = dataclasses.replace(w, trains="lora", lora_r=r, targets=targets, reference=ref)
         out.append(("lora", text, terms(shape, hw, lora, engine, n)))
-    if engine not in ("fsdp", "deepspeed-zero3", "deepspeed-zero3-offload"):
+    if engine not in ("fsdp", *PARTITIONED):
         for k in GPU_COUNTS:
             trial = terms(shape, hw, w, "deepspeed-zero3", k)
             if trial.total <= budget or k == GPU_COUNTS[-1]:

@@ -1,0 +1,135 @@
+"""Lean layers: the decoder keeps less for backward on a CPU, and computes the same numbers.
+
+autograd keeps what each op's backward needs, and two layers of a Llama-family decoder keep more than their
+gradients need (bench/activations.py, DPO on SmolLM2 under bf16 autocast):
+- the gated MLP, `down_proj(act_fn(gate_proj(x)) * up_proj(x))` with SiLU, keeps the gate, its SiLU and the
+  up projection. `SiluMul` keeps the gate and the up projection and computes the SiLU again in backward (one
+  elementwise op): 12% of what a layer keeps.
+- RMSNorm computes in float32 and keeps its float32 copy of a 16-bit input. `RMSNorm` keeps the input as it
+  came and computes the float32 steps again in backward: 9% of what a layer keeps.
+Both backward passes run autograd's own kernels on the same values in the same order, so losses and gradients
+are the same bit for bit (tests/test_models.py). A module is made lean only where its own forward gives the
+same output as the lean one on a probe input; anything else (another activation, Gemma's `1 + weight`
+norm, a fused gate_up projection) keeps its own forward.
+
+On GPUs, Liger's Triton kernels (TRL's `use_liger_kernel`) do this and more, but Triton does not run on a
+CPU: the cpu profile turns these on (`hardware.lean_layers`).
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+class SiluMul(torch.autograd.Function):
+    """silu(gate) * up, keeping gate and up only."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        # as autograd's MulBackward0 then SiluBackward0 compute them
+        d_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        d_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        return d_gate, d_up
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, step for step: in float32, back to the input's dtype, then the weight."""
+    dtype = x.dtype
+    h = x.to(torch.float32)
+    variance = h.pow(2).mean(-1, keepdim=True)
+    h = h * torch.rsqrt(variance + eps)
+    return weight * h.to(dtype)
+
+
+class RMSNorm(torch.autograd.Function):
+    """rms_norm, keeping its input as it came (not its float32 copy) and the weight."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.eps = eps
+        return rms_norm(x, weight, eps)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        with torch.enable_grad():  # the same ops again, and autograd's own backward through them
+            x = x.detach().requires_grad_(need_x)
+            weight = weight.detach().requires_grad_(need_w)
+            out = rms_norm(x, weight, ctx.eps)
+        wanted = [t for t in (x, weight) if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
+        return next(grads) if need_x else None, next(grads) if need_w else None, None
+
+
+def _mlp_forward(self, x):
+    return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def _norm_forward(self, hidden_states):
+    if hidden_states.dtype == torch.float32:  # its float32 copy is the input itself: nothing to save
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+    return RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _is_silu(module) -> bool:
+    return isinstance(module, torch.nn.SiLU) or type(module).__name__ == "SiLUActivation"
+
+
+def _candidates(model):
+    """(module, lean forward, probe width) for each gated SiLU MLP and RMSNorm-shaped module."""
+    for module in model.modules():
+        if all(hasattr(module, a) for a in ("gate_proj", "up_proj", "down_proj")) and _is_silu(
+            getattr(module, "act_fn", None)
+        ):
+            yield module, _mlp_forward, module.gate_proj.in_features
+        weight = getattr(module, "weight", None)
+        if isinstance(getattr(module, "variance_epsilon", None), float) and (
+            isinstance(weight, torch.nn.Parameter) and weight.dim() == 1
+        ):
+            yield module, _norm_forward, weight.numel()
+
+
+@torch.no_grad()
+def _same_output(module, forward, width: int) -> bool:
+    """Whether the lean forward gives exactly the module's own output on a probe input (in eval mode: no
+    dropout), in the dtype of the module's first parameter."""
+    param = next(module.parameters())
+    probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    training = module.training
+    module.eval()
+    try:
+        own, lean = module(probe), forward(module, probe)
+    except Exception:  # a forward that needs more than a hidden state (or weights it does not hold here)
+        return False
+    finally:
+        module.train(training)
+    return torch.is_tensor(own) and own.shape == lean.shape and bool(torch.equal(own, lean))
+
+
+def make_lean(model) -> dict[str, int]:
+    """Give each gated SiLU MLP and each RMSNorm of `model` its lean forward, where it gives the module's own
+    output; the number of modules made lean, by kind ("mlp", "norm"). Weights that are not all here (a
+    partitioned model) are left alone."""
+    from rlhf.models.partitioned import is_partitioned
+
+    made = {"mlp": 0, "norm": 0}
+    if is_partitioned(model):
+        return made
+    for module, forward, width in list(_candidates(model)):
+        if getattr(module, "_lean", False) or not _same_output(module, forward, width):
+            continue
+        module.forward = types.MethodType(forward, module)
+        module._lean = True
+        made["mlp" if forward is _mlp_forward else "norm"] += 1
+    return made
