@@ -239,6 +239,57 @@ def test_packed_rows_score_a_padded_batch_as_padded_and_compute_only_its_tokens(
     assert seen[1:4] == [ids.numel()] * 3 and seen[4] == 2 * 3  # the prefill of the 2 prompts, padded
 
 
+def test_packed_rows_keep_one_attention_mask_for_every_layer(tiny):
+    """sdpa makes a float copy of a bool mask in each layer and keeps it for backward; the packed rows' own
+    float mask is one tensor every layer keeps, and the decoder computes what transformers' packed mask gives."""
+    import copy
+
+    base, _ = tiny("hardware.model_dtype=bfloat16")  # the cpu profile's LoRA under bf16 autocast
+    own = _adapted(base)
+    models.upcast_trainable(own)
+    packed = copy.deepcopy(own)
+    models.adapter_inputs_follow_autocast(own), models.adapter_inputs_follow_autocast(packed)
+    assert models.pack_padded_rows(packed)
+    ids, mask = _right_padded([24, 9, 17, 3], base.config.vocab_size)
+    keep = mask.bool()
+    positions = (keep.cumsum(1) - 1)[keep]
+    tokens = int(keep.sum())
+    weights = torch.randn(tokens, base.config.hidden_size)
+    masks, grads = {}, {}
+    for name, m, kwargs in (
+        # transformers' packed sequences: position ids that restart, no mask, no cache
+        ("own", own, {"input_ids": ids[keep][None], "position_ids": positions[None], "use_cache": False}),
+        ("packed", packed, {"input_ids": ids, "attention_mask": mask}),
+    ):
+        kept = {}
+
+        def pack(t, kept=kept):
+            if t.dim() == 4 and t.shape[-2:] == (tokens, tokens):
+                kept[t.untyped_storage().data_ptr()] = t
+            return t
+
+        m.train()
+        with (
+            torch.autocast("cpu", dtype=torch.bfloat16),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
+            hidden = m.get_base_model().model(**kwargs).last_hidden_state
+        hidden = hidden[0] if name == "own" else hidden[keep]
+        (hidden.float() * weights).sum().backward()
+        masks[name], grads[name] = (
+            list(kept.values()),
+            {n: p.grad for n, p in m.named_parameters() if p.grad is not None},
+        )
+        if name == "own":
+            first = hidden.detach()
+    assert len(masks["own"]) == base.config.num_hidden_layers and len(masks["packed"]) == 1
+    assert masks["packed"][0].dtype == torch.bfloat16
+    assert torch.equal(hidden.detach(), first)
+    assert grads["own"].keys() == grads["packed"].keys() and grads["own"]
+    for name, grad in grads["own"].items():
+        assert torch.equal(grad, grads["packed"][name]), name
+
+
 def test_packed_rows_give_a_reward_model_the_same_scores(make_cfg):
     """A sequence classifier passes its ids to the decoder positionally and pools the last real token."""
     import copy

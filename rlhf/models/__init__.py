@@ -207,6 +207,10 @@ def pack_padded_rows(model, frozen: bool = False) -> bool:
     if not isinstance(decoder, torch.nn.Module) or decoder is inner:
         return False
     kept: list = []  # the current forward's token mask, between the two hooks
+    config = getattr(inner, "config", None)
+    # sdpa saves the float mask it makes of a bool one for backward, a copy in each layer: given the float
+    # mask, every layer keeps the one tensor (not where layers slide a window over the sequence)
+    float_mask = getattr(config, "_attn_implementation", None) == "sdpa" and not _slides(config)
 
     def pack(module, args, kwargs):
         kept.clear()
@@ -227,7 +231,8 @@ def pack_padded_rows(model, frozen: bool = False) -> bool:
             return None
         kept.append(keep)
         positions = (keep.cumsum(1) - 1)[keep]  # 0, 1, ... within each row
-        packed = dict(kwargs, input_ids=ids[keep][None], attention_mask=None, position_ids=positions[None])
+        within = _packed_float_mask(positions, _query_dtype(decoder, ids.device.type)) if float_mask else None
+        packed = dict(kwargs, input_ids=ids[keep][None], attention_mask=within, position_ids=positions[None])
         return args, dict(packed, use_cache=False)
 
     def unpack(module, args, output):
@@ -245,6 +250,37 @@ def pack_padded_rows(model, frozen: bool = False) -> bool:
     decoder.register_forward_pre_hook(pack, with_kwargs=True)
     decoder.register_forward_hook(unpack)
     return True
+
+
+def _slides(config) -> bool:
+    """Whether some layer of the model attends through a sliding window."""
+    types = getattr(config, "layer_types", None) or ()
+    window = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    return bool(window) or any(t != "full_attention" for t in types)
+
+
+def _query_dtype(decoder, device: str):
+    """The dtype attention's queries will have: autocast's where it is on, else the embeddings'."""
+    import torch
+
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return decoder.get_input_embeddings().weight.dtype
+
+
+def _packed_float_mask(positions, dtype):
+    """The (1, 1, T, T) additive mask of packed sequences (positions restart at 0 at each): 0 where a token
+    sees a token of its own sequence at or before it, -inf elsewhere, as sdpa itself turns a bool mask into."""
+    import torch
+
+    sequence = (positions == 0).cumsum(0)
+    n = positions.numel()
+    sees = (sequence[:, None] == sequence[None, :]) & torch.ones(
+        n, n, dtype=torch.bool, device=positions.device
+    ).tril()
+    return torch.zeros(n, n, dtype=dtype, device=positions.device).masked_fill_(~sees, float("-inf"))[
+        None, None
+    ]
 
 
 def count_params(config) -> int:
