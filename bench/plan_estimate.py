@@ -1,6 +1,6 @@
 """The memory plan's estimate beside published peak memory (GPU) and beside measured peak RSS (this CPU).
 
-    .venv/bin/python bench/plan_estimate.py [--published-only] [--tiny-only]      (make bench-plan)
+    .venv/bin/python bench/plan_estimate.py [--published-only] [--tiny-only] [--gpu-only]   (make bench-plan)
 
 1. Published figures, each at the settings its source states or, where it states none, the settings written
    beside it: seed 004's LoRA / full fine-tuning table, LLaMA-Factory's hardware table, Unsloth's QLoRA
@@ -9,11 +9,15 @@
 2. Runs on this CPU (`python -m rlhf ... method.max_steps=2`): peak RSS from /usr/bin/time beside the estimate
    at the longest row of the run's data (what rlhf.plan.check gets from a run), both as they are and above the
    idle process (python importing torch and transformers, measured the same way).
+3. Where a CUDA GPU is visible, the same runs on the GPU's profile (`hardware=auto`): the run's
+   `torch.cuda.max_memory_allocated` (summary.json's peak_gpu_mb) beside the estimate without its CUDA
+   context term (the allocator's peak counts tensors only). `--gpu-only` runs this part alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 import subprocess
@@ -196,7 +200,6 @@ RUN_CASES = {
     "ppo": ["method=ppo", "method.max_steps=1"],
 }
 RUN_COMMON = [  # training only: no lm-eval, tracker, held-out scoring or checkpoints; 2 steps (ppo: 1 rollout)
-    "hardware=cpu",
     "eval=none",
     "logger=none",
     "data.eval_path=''",
@@ -278,7 +281,7 @@ def measured(models: list[str], work: Path) -> list[str]:
     ]
     for model in models:
         for case, extra in RUN_CASES.items():
-            overrides = [f"model={model}", *extra, *RUN_COMMON]
+            overrides = [f"model={model}", *extra, *RUN_COMMON, "hardware=cpu"]
             cfg = config.compose(overrides)
             hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
             tokens = longest_row(cfg)
@@ -300,6 +303,43 @@ def measured(models: list[str], work: Path) -> list[str]:
     return lines
 
 
+def measured_gpu(models: list[str], work: Path) -> list[str]:
+    import torch
+
+    lines = [
+        f"GPU: {torch.cuda.get_device_name(0)}, "
+        f"{torch.cuda.get_device_properties(0).total_memory / plan.GiB:.1f} GiB",
+        "",
+        "| model | case | profile | longest row (tokens) | measured max_memory_allocated GB "
+        "| estimate without the CUDA context GB | off |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in models:
+        for case, extra in RUN_CASES.items():
+            overrides = [f"model={model}", *extra, *RUN_COMMON, "hardware=auto"]
+            cfg = config.compose(overrides)
+            hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
+            tokens = longest_row(cfg)
+            est = plan.estimate(cfg, hw, tokens=tokens, here=True)
+            tensors = (
+                est.total - sum(t.bytes for t in est.terms if t.name.startswith("CUDA context"))
+            ) / plan.GiB
+            run_dir = work / f"gpu-{model}-{case}"
+            log = work / f"gpu-{model}-{case}.log"
+            with log.open("w") as f:
+                r = subprocess.run(
+                    [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run_dir}"],
+                    stdout=f, stderr=f, cwd=ROOT,
+                )  # fmt: skip
+            if r.returncode != 0:
+                raise SystemExit(f"{model} {case} on the GPU failed ({r.returncode}); see {log}")
+            peak = json.loads((run_dir / "summary.json").read_text())["peak_gpu_mb"] * 2**20 / plan.GiB
+            lines.append(
+                f"| {model} | {case} | {hw.name} | {tokens} | {peak:.2f} | {tensors:.2f} | {tensors / peak - 1:+.0%} |"
+            )
+    return lines
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -315,15 +355,23 @@ def main(argv: list[str]) -> None:
 
     started = time.time()
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, {plan.ram_gb():.1f} GB RAM; torch {torch.__version__}")
-    print("\nEstimate vs published peak memory (GPU; GB = GiB)\n")
-    print("\n".join(published()))
-    if "--published-only" not in argv:
-        models = ["tiny"] if "--tiny-only" in argv else ["tiny", "smollm2-135m"]
+    gpu = torch.cuda.is_available()
+    if "--gpu-only" not in argv:
+        print("\nEstimate vs published peak memory (GPU; GB = GiB)\n")
+        print("\n".join(published()))
+    models = ["tiny"] if "--tiny-only" in argv else ["tiny", "smollm2-135m"]
+    if not {"--published-only", "--gpu-only"} & set(argv):
         print(
             "\nEstimate vs measured peak RSS on this CPU (hardware=cpu, 2 steps, ppo 1 rollout, no evaluation)\n"
         )
         with tempfile.TemporaryDirectory(prefix="planbench-") as tmp:
             print("\n".join(measured(models, Path(tmp))))
+    if gpu and "--published-only" not in argv:
+        print("\nEstimate vs measured peak GPU memory (hardware=auto, the same runs)\n")
+        with tempfile.TemporaryDirectory(prefix="planbench-gpu-") as tmp:
+            print("\n".join(measured_gpu(models, Path(tmp))))
+    elif "--gpu-only" in argv:
+        raise SystemExit("--gpu-only: no CUDA GPU is visible")
     print(f"\n({time.time() - started:.0f} s)")
 
 

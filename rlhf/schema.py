@@ -126,8 +126,9 @@ class HardwareConfig:
     # fewer positions computed and saved for backward. Off where sdpa's packed mask would cost the GPU its
     # flash kernel; the cpu profile sets it.
     pack_rows: bool = False
-    # gated SiLU MLPs and RMSNorms keep less for backward, with the same gradients (rlhf.models.lean); on a GPU,
-    # Liger's Triton kernels are the tool for this. The cpu profile sets it.
+    # gated SiLU MLPs and RMSNorms keep less for backward, with the same gradients (rlhf.models.lean), in the
+    # methods TRL trains (not our ppo, whose peak is its rollouts'); on a GPU, Liger's Triton kernels are the
+    # tool for this. The cpu profile sets it.
     lean_layers: bool = False
     # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
     # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.

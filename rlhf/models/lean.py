@@ -73,11 +73,15 @@ class RMSNorm(torch.autograd.Function):
 
 
 def _mlp_forward(self, x):
-    return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if not torch.is_grad_enabled():  # sampling, scoring: nothing is saved, so no autograd.Function to call
+        return self.down_proj(F.silu(gate) * up)
+    return self.down_proj(SiluMul.apply(gate, up))
 
 
 def _norm_forward(self, hidden_states):
-    if hidden_states.dtype == torch.float32:  # its float32 copy is the input itself: nothing to save
+    # without grad nothing is saved; in float32 its float32 copy is the input itself
+    if not torch.is_grad_enabled() or hidden_states.dtype == torch.float32:
         return rms_norm(hidden_states, self.weight, self.variance_epsilon)
     return RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
 

@@ -550,7 +550,8 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         )
 
     tokens = w.rows * w.tokens
-    lean = hw.lean_layers and engine not in PARTITIONED  # make_lean leaves a partitioned model as it is
+    # make_lean: in TRL's trainers (not our ppo), on a model that is not partitioned
+    lean = hw.lean_layers and w.method != "ppo" and engine not in PARTITIONED
     per_layer = layer_bytes_per_token(shape, w.trains, r, mm, lean)
     if hw.gradient_checkpointing:
         layer_acts = tokens * (shape.layers * r * shape.hidden + per_layer)

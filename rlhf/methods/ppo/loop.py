@@ -58,7 +58,6 @@ def train(inputs: Inputs) -> Result:
     from tqdm.auto import tqdm
 
     from rlhf.models import adapter_inputs_follow_autocast, upcast_trainable
-    from rlhf.models.lean import make_lean
 
     m, hw = inputs.config, inputs.hardware
     cpu = hw.device == "cpu"
@@ -81,8 +80,6 @@ def train(inputs: Inputs) -> Result:
     upcast_trainable(model)  # the adapter and the value head train in float32 on a bf16 base
     # sampling runs outside autocast, the passes and epochs in it
     adapter_inputs_follow_autocast(model.policy)
-    if hw.lean_layers:
-        make_lean(model.policy)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], hw.optim, m)
     if is_deepspeed(accelerator):  # ZeRO-2 / 3 (rlhf.distributed): what TRL's trainers would fill in
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
