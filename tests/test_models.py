@@ -239,74 +239,54 @@ def test_packed_rows_score_a_padded_batch_as_padded_and_compute_only_its_tokens(
     assert seen[1:4] == [ids.numel()] * 3 and seen[4] == 2 * 3  # the prefill of the 2 prompts, padded
 
 
-def test_packed_rows_keep_one_attention_mask_and_grouped_heads(tiny, monkeypatch):
-    """sdpa makes a float copy of a bool mask in each layer and keeps it for backward, and transformers repeats
-    the key and value heads for it wherever a mask is given: the packed rows' own float mask is one tensor
-    every layer keeps, on a CPU sdpa gets the heads grouped, and the decoder computes what transformers'
-    packed sequences give."""
+def test_packed_rows_keep_one_attention_mask_for_every_layer(tiny):
+    """sdpa makes a float copy of a bool mask in each layer and keeps it for backward; the packed rows' own
+    float mask is one tensor every layer keeps, and the decoder computes what transformers' packed mask gives."""
     import copy
 
-    monkeypatch.setenv(models.GROUPED_KV, "unset below; put back as it was after the test")
-    monkeypatch.delenv(models.GROUPED_KV)
     base, _ = tiny("hardware.model_dtype=bfloat16")  # the cpu profile's LoRA under bf16 autocast
     own = _adapted(base)
     models.upcast_trainable(own)
     packed = copy.deepcopy(own)
     models.adapter_inputs_follow_autocast(own), models.adapter_inputs_follow_autocast(packed)
+    assert models.pack_padded_rows(packed)
     ids, mask = _right_padded([24, 9, 17, 3], base.config.vocab_size)
     keep = mask.bool()
     positions = (keep.cumsum(1) - 1)[keep]
     tokens = int(keep.sum())
     weights = torch.randn(tokens, base.config.hidden_size)
-    heads, head_dim = (
-        base.config.num_attention_heads,
-        base.config.hidden_size // base.config.num_attention_heads,
-    )
-    masks, all_heads, grads, hidden = {}, {}, {}, {}
+    masks, grads = {}, {}
     for name, m, kwargs in (
         # transformers' packed sequences: position ids that restart, no mask, no cache
         ("own", own, {"input_ids": ids[keep][None], "position_ids": positions[None], "use_cache": False}),
         ("packed", packed, {"input_ids": ids, "attention_mask": mask}),
-        (
-            "own, grouped",
-            own,
-            {"input_ids": ids[keep][None], "position_ids": positions[None], "use_cache": False},
-        ),
     ):
-        if name == "packed":
-            assert models.pack_padded_rows(packed)
-        kept: dict = {}
+        kept = {}
 
         def pack(t, kept=kept):
-            if t.dim() == 4 and t.shape[-2:] in ((tokens, tokens), (tokens, head_dim)):
+            if t.dim() == 4 and t.shape[-2:] == (tokens, tokens):
                 kept[t.untyped_storage().data_ptr()] = t
             return t
 
         m.train()
-        m.zero_grad(set_to_none=True)
         with (
             torch.autocast("cpu", dtype=torch.bfloat16),
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
         ):
-            out = m.get_base_model().model(**kwargs).last_hidden_state
-        out = out[keep] if name == "packed" else out[0]
-        (out.float() * weights).sum().backward()
-        hidden[name] = out.detach()
-        masks[name] = [t for t in kept.values() if t.shape[-1] == tokens]
-        all_heads[name] = sum(t.shape[1] == heads for t in kept.values() if t.shape[-1] == head_dim)
-        grads[name] = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-    layers = base.config.num_hidden_layers
-    assert (
-        len(masks["own"]) == layers
-        and len(masks["packed"]) == 1
-        and masks["packed"][0].dtype == torch.bfloat16
-    )
-    # the query and the output at every head; the key and value as well where they are repeated
-    assert all_heads["own"] == 4 * layers and all_heads["packed"] == 2 * layers == all_heads["own, grouped"]
-    # the same computation as transformers' packed sequences with the heads grouped, bit for bit
-    assert torch.equal(hidden["packed"], hidden["own, grouped"])
-    assert grads["packed"].keys() == grads["own, grouped"].keys() and grads["packed"]
-    for name, grad in grads["own, grouped"].items():
+            hidden = m.get_base_model().model(**kwargs).last_hidden_state
+        hidden = hidden[0] if name == "own" else hidden[keep]
+        (hidden.float() * weights).sum().backward()
+        masks[name], grads[name] = (
+            list(kept.values()),
+            {n: p.grad for n, p in m.named_parameters() if p.grad is not None},
+        )
+        if name == "own":
+            first = hidden.detach()
+    assert len(masks["own"]) == base.config.num_hidden_layers and len(masks["packed"]) == 1
+    assert masks["packed"][0].dtype == torch.bfloat16
+    assert torch.equal(hidden.detach(), first)
+    assert grads["own"].keys() == grads["packed"].keys() and grads["own"]
+    for name, grad in grads["own"].items():
         assert torch.equal(grad, grads["packed"][name]), name
 
 

@@ -8,7 +8,6 @@ again. `python -m rlhf.models [overrides]` prepares a run's base model ahead of 
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -210,13 +209,8 @@ def pack_padded_rows(model, frozen: bool = False) -> bool:
     kept: list = []  # the current forward's token mask, between the two hooks
     config = getattr(inner, "config", None)
     # sdpa saves the float mask it makes of a bool one for backward, a copy in each layer: given the float
-    # mask, every layer keeps the one tensor (not where layers slide a window over the sequence). And given a
-    # mask, transformers repeats the key and value heads for sdpa (a GPU's kernels would fall back to the math
-    # one otherwise), which saves them repeated; torch's CPU kernel takes them grouped (GROUPED_KV: for the
-    # whole process, so that a checkpointed layer's recomputation runs as its forward did).
+    # mask, every layer keeps the one tensor (not where layers slide a window over the sequence)
     float_mask = getattr(config, "_attn_implementation", None) == "sdpa" and not _slides(config)
-    if float_mask and next(inner.parameters()).device.type == "cpu":
-        os.environ.setdefault(GROUPED_KV, "1")
 
     def pack(module, args, kwargs):
         kept.clear()
@@ -256,10 +250,6 @@ def pack_padded_rows(model, frozen: bool = False) -> bool:
     decoder.register_forward_pre_hook(pack, with_kwargs=True)
     decoder.register_forward_hook(unpack)
     return True
-
-
-# transformers' switch for sdpa's enable_gqa where a mask is given (transformers.integrations.sdpa_attention)
-GROUPED_KV = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def _slides(config) -> bool:

@@ -126,7 +126,7 @@ def _uneven_pairs(n: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("method", ["dpo", "rm"])
-def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp_path, method, monkeypatch):
+def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp_path, method):
     """hardware.pack_rows (the cpu profile's): a preference trainer's padded batches reach the decoder as
     their tokens only, and training ends on the same weights as with the padding (float32: to rounding)."""
     import importlib
@@ -136,7 +136,6 @@ def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp
     from rlhf import models
     from tests.conftest import make_inputs, positions_through
 
-    monkeypatch.setenv(models.GROUPED_KV, "1")  # sdpa's grouped heads in both (packing turns them on)
     train = importlib.import_module(f"rlhf.methods.{method}").train
     weights, positions = {}, {}
     for pack in (False, True):
@@ -151,8 +150,5 @@ def test_packed_rows_train_as_padded_ones_on_fewer_positions(make_cfg, tiny, tmp
         result = train(make_inputs(cfg, model, tokenizer, _uneven_pairs(12), tmp_path / str(pack)))
         weights[pack] = {n: p.detach().clone() for n, p in result.model.named_parameters() if p.requires_grad}
     assert sum(positions[True]) < 0.9 * sum(positions[False])
-    # AdamW's first steps move a weight by about the learning rate (1e-2) whatever its gradient's size, so a
-    # gradient near 0 that rounds differently (attention over a packed row against a padded one) moves its
-    # weight by up to ~1e-4 in 3 steps (seen: 8e-5, one weight of 1024)
     for name, padded in weights[False].items():
-        torch.testing.assert_close(weights[True][name], padded, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(weights[True][name], padded, rtol=1e-4, atol=1e-5, msg=name)
