@@ -375,6 +375,18 @@ def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
     per_layer = [plan.layer_bytes_per_token(shape, "full", 4, 4, lean) for lean in (False, True)]
     assert per_layer[0] - per_layer[1] == 4 * i
 
+    # every weight in bf16 (the norms' weights train too): their gradients as well
+    bf16, _ = tiny("hardware.model_dtype=bfloat16")
+    bf16.requires_grad_(True)
+    lean_bf16 = copy.deepcopy(bf16)
+    make_lean(lean_bf16)
+    loss_a, grads_a, _ = _loss_and_grads(bf16, ids, autocast=False)
+    loss_b, grads_b, _ = _loss_and_grads(lean_bf16, ids, autocast=False)
+    assert torch.equal(loss_a, loss_b)
+    assert any("norm" in name for name in grads_a)
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name
+
 
 def test_lean_layers_leave_a_layer_whose_forward_differs_as_it_is(tiny):
     """A norm that scales by (1 + weight) as Gemma's does, and an MLP that gates the other projection, look
