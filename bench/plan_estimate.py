@@ -267,6 +267,16 @@ MEASURED_WHY = {
 }
 
 
+def cases(models: list[str], profile: str):
+    """(model, case, overrides, config, resolved profile, longest row) of each run to measure."""
+    for model in models:
+        for case, extra in RUN_CASES.items():
+            overrides = [f"model={model}", *extra, *RUN_COMMON, f"hardware={profile}"]
+            cfg = config.compose(overrides)
+            hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
+            yield model, case, overrides, cfg, hw, longest_row(cfg)
+
+
 def measured(models: list[str], work: Path) -> list[str]:
     idle = peak_rss(
         [sys.executable, "-c", "import torch, transformers; from transformers import AutoModelForCausalLM"],
@@ -279,27 +289,22 @@ def measured(models: list[str], work: Path) -> list[str]:
         "| estimate above idle GB | off | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model in models:
-        for case, extra in RUN_CASES.items():
-            overrides = [f"model={model}", *extra, *RUN_COMMON, "hardware=cpu"]
-            cfg = config.compose(overrides)
-            hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
-            tokens = longest_row(cfg)
-            est = plan.estimate(cfg, hw, tokens=tokens).total / plan.GiB
-            run_dir = work / f"{model}-{case}"
-            started = time.time()
-            rss = peak_rss(
-                [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run_dir}"],
-                work / f"{model}-{case}.log",
-            )
-            off, off_above = est / rss - 1, (est - idle) / (rss - idle) - 1
-            why = MEASURED_WHY.get((model, case)) or MEASURED_WHY.get((model, None), "")
-            note = f"over 25%: {why}" if max(abs(off), abs(off_above)) > TARGET and why else ""
-            lines.append(
-                f"| {model} | {case} | {tokens} | {rss:.2f} | {est:.2f} | {off:+.0%} | {rss - idle:.2f} | "
-                f"{est - idle:.2f} | {off_above:+.0%} | {note} |"
-            )
-            print(f"  {model} {case}: {time.time() - started:.0f} s", file=sys.stderr)
+    for model, case, overrides, cfg, hw, tokens in cases(models, "cpu"):
+        est = plan.estimate(cfg, hw, tokens=tokens).total / plan.GiB
+        run_dir = work / f"{model}-{case}"
+        started = time.time()
+        rss = peak_rss(
+            [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run_dir}"],
+            work / f"{model}-{case}.log",
+        )
+        off, off_above = est / rss - 1, (est - idle) / (rss - idle) - 1
+        why = MEASURED_WHY.get((model, case)) or MEASURED_WHY.get((model, None), "")
+        note = f"over 25%: {why}" if max(abs(off), abs(off_above)) > TARGET and why else ""
+        lines.append(
+            f"| {model} | {case} | {tokens} | {rss:.2f} | {est:.2f} | {off:+.0%} | {rss - idle:.2f} | "
+            f"{est - idle:.2f} | {off_above:+.0%} | {note} |"
+        )
+        print(f"  {model} {case}: {time.time() - started:.0f} s", file=sys.stderr)
     return lines
 
 
@@ -314,29 +319,20 @@ def measured_gpu(models: list[str], work: Path) -> list[str]:
         "| estimate without the CUDA context GB | off |",
         "|---|---|---|---|---|---|---|",
     ]
-    for model in models:
-        for case, extra in RUN_CASES.items():
-            overrides = [f"model={model}", *extra, *RUN_COMMON, "hardware=auto"]
-            cfg = config.compose(overrides)
-            hw = hardware.resolve(cfg.hardware, methods.frozen_base(cfg.method))
-            tokens = longest_row(cfg)
-            est = plan.estimate(cfg, hw, tokens=tokens, here=True)
-            tensors = (
-                est.total - sum(t.bytes for t in est.terms if t.name.startswith("CUDA context"))
-            ) / plan.GiB
-            run_dir = work / f"gpu-{model}-{case}"
-            log = work / f"gpu-{model}-{case}.log"
-            with log.open("w") as f:
-                r = subprocess.run(
-                    [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run_dir}"],
-                    stdout=f, stderr=f, cwd=ROOT,
-                )  # fmt: skip
-            if r.returncode != 0:
-                raise SystemExit(f"{model} {case} on the GPU failed ({r.returncode}); see {log}")
-            peak = json.loads((run_dir / "summary.json").read_text())["peak_gpu_mb"] * 2**20 / plan.GiB
-            lines.append(
-                f"| {model} | {case} | {hw.name} | {tokens} | {peak:.2f} | {tensors:.2f} | {tensors / peak - 1:+.0%} |"
-            )
+    for model, case, overrides, cfg, hw, tokens in cases(models, "auto"):
+        est = plan.estimate(cfg, hw, tokens=tokens, here=True)
+        tensors = (
+            est.total - sum(t.bytes for t in est.terms if t.name.startswith("CUDA context"))
+        ) / plan.GiB
+        run_dir = work / f"gpu-{model}-{case}"
+        peak_rss(
+            [sys.executable, "-m", "rlhf", *overrides, f"hydra.run.dir={run_dir}"],
+            work / f"gpu-{model}-{case}.log",
+        )
+        peak = json.loads((run_dir / "summary.json").read_text())["peak_gpu_mb"] * 2**20 / plan.GiB
+        lines.append(
+            f"| {model} | {case} | {hw.name} | {tokens} | {peak:.2f} | {tensors:.2f} | {tensors / peak - 1:+.0%} |"
+        )
     return lines
 
 

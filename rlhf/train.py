@@ -142,8 +142,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
     whole = gather_weights(result.model)  # under FSDP or ZeRO-3 every rank sends its shard; rank 0 saves them
     if not is_main_process():
-        leave_launch()
-        return None
+        leave_launch()  # ends this process
 
     from rlhf import generation, hardware, plots, summary
 
