@@ -413,3 +413,25 @@ def test_lean_layers_leave_a_layer_whose_forward_differs_as_it_is(tiny):
     assert not hasattr(norm, "_lean") and not hasattr(mlp, "_lean")
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, before)
+
+
+def test_lean_layers_apply_to_a_4bit_base_with_the_same_gradients(tiny):
+    """QLoRA: the MLPs' projections hold 4-bit weights stored as integers; the probe takes a float dtype."""
+    import copy
+
+    from rlhf.models.lean import make_lean
+
+    base, _ = tiny("hardware.load_in_4bit=true", "hardware.quantize_min_params_b=0")
+    assert type(base.model.layers[0].mlp.gate_proj).__name__ == "Linear4bit"
+    plain = _adapted(base)
+    models.upcast_trainable(plain)
+    lean = copy.deepcopy(plain)
+    models.adapter_inputs_follow_autocast(plain), models.adapter_inputs_follow_autocast(lean)
+    n = base.config.num_hidden_layers
+    assert make_lean(lean) == {"mlp": n, "norm": 2 * n + 1}
+    ids = torch.randint(5, base.config.vocab_size, (2, 24))
+    loss_a, grads_a, kept_a = _loss_and_grads(plain, ids, autocast=True)
+    loss_b, grads_b, kept_b = _loss_and_grads(lean, ids, autocast=True)
+    assert torch.equal(loss_a, loss_b) and kept_b < kept_a
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name

@@ -115,8 +115,11 @@ def _candidates(model):
 @torch.no_grad()
 def _same_output(module, forward, width: int) -> bool:
     """Whether the lean forward gives exactly the module's own output on a probe input (in eval mode: no
-    dropout), in the dtype of the module's first parameter."""
-    param = next(module.parameters())
+    dropout), in the dtype of the module's first floating-point parameter (4-bit weights are stored as
+    integers)."""
+    param = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if param is None:
+        return False
     probe = torch.randn(1, 3, width, generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
     training = module.training
     module.eval()
