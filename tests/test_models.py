@@ -62,21 +62,35 @@ def test_lora_adapter_reloads_with_autopeft_and_the_same_logits(tiny, tmp_path):
     torch.testing.assert_close(peft_model(ids).logits, reloaded(ids).logits)
 
 
-def _saved_bytes(model, ids) -> int:
-    """Forward and backward under bf16 autocast; the bytes of the distinct tensors autograd kept for backward."""
+def _loss_and_grads(model, ids, autocast: bool):
+    """One training forward and backward (the model in train mode); the loss, each trainable parameter's
+    gradient, and the bytes of the distinct tensors autograd kept for backward."""
     kept: dict[int, int] = {}
 
     def pack(t):
         kept[t.data_ptr()] = t.numel() * t.element_size()
         return t
 
+    model.train()
     with (
-        torch.autocast("cpu", dtype=torch.bfloat16),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
     ):
         loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    return sum(kept.values())
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, sum(kept.values())
+
+
+def _same_loss_and_grads(a, b, ids, autocast: bool) -> tuple[int, int]:
+    """Assert that models a and b give the same loss and gradients, bit for bit; the bytes each kept."""
+    loss_a, grads_a, kept_a = _loss_and_grads(a, ids, autocast)
+    loss_b, grads_b, kept_b = _loss_and_grads(b, ids, autocast)
+    assert torch.equal(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        assert torch.equal(grad, grads_b[name]), name
+    return kept_a, kept_b
 
 
 def _adapted(model, task_type: str = "CAUSAL_LM"):
@@ -91,6 +105,18 @@ def _adapted(model, task_type: str = "CAUSAL_LM"):
             if "lora_B" in name:
                 p.normal_(std=0.05)
     return adapted
+
+
+def _lora_pair(base):
+    """Two copies of the cpu profile's LoRA on `base`: the adapter in float32, its layers taking autocast's
+    inputs (each copy hooked after copying: a copied hook would switch the first model's layers)."""
+    import copy
+
+    first = _adapted(base)
+    models.upcast_trainable(first)
+    second = copy.deepcopy(first)
+    models.adapter_inputs_follow_autocast(first), models.adapter_inputs_follow_autocast(second)
+    return first, second
 
 
 def _right_padded(lengths: list[int], vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +136,7 @@ def test_adapter_layers_keep_no_copy_of_their_input_under_autocast(tiny):
     assert models.adapter_inputs_follow_autocast(hooked) == 7 * model.config.num_hidden_layers
 
     ids = torch.randint(5, model.config.vocab_size, (2, 24))
-    saved_plain, saved_hooked = _saved_bytes(plain, ids), _saved_bytes(hooked, ids)
+    saved_plain, saved_hooked = (_loss_and_grads(m, ids, autocast=True)[2] for m in (plain, hooked))
     # without the hook q, k, v, o, gate and up each keep a bf16 copy of their float32 copy of the input; with
     # it q, k, v share the attention input, gate and up the MLP's, o its own: 3 fewer per decoder layer
     fewer = 3 * model.config.hidden_size * ids.numel() * 2 * model.config.num_hidden_layers
@@ -242,13 +268,8 @@ def test_packed_rows_score_a_padded_batch_as_padded_and_compute_only_its_tokens(
 def test_packed_rows_keep_one_attention_mask_for_every_layer(tiny):
     """sdpa makes a float copy of a bool mask in each layer and keeps it for backward; the packed rows' own
     float mask is one tensor every layer keeps, and the decoder computes what transformers' packed mask gives."""
-    import copy
-
     base, _ = tiny("hardware.model_dtype=bfloat16")  # the cpu profile's LoRA under bf16 autocast
-    own = _adapted(base)
-    models.upcast_trainable(own)
-    packed = copy.deepcopy(own)
-    models.adapter_inputs_follow_autocast(own), models.adapter_inputs_follow_autocast(packed)
+    own, packed = _lora_pair(base)
     assert models.pack_padded_rows(packed)
     ids, mask = _right_padded([24, 9, 17, 3], base.config.vocab_size)
     keep = mask.bool()
@@ -311,26 +332,6 @@ def test_packed_rows_give_a_reward_model_the_same_scores(make_cfg):
     torch.testing.assert_close(scores[1], scores[0], rtol=1e-5, atol=1e-5)
 
 
-def _loss_and_grads(model, ids, autocast: bool):
-    """One training forward and backward (the model in train mode); the loss, each trainable parameter's
-    gradient, and the bytes of the distinct tensors autograd kept for backward."""
-    kept: dict[int, int] = {}
-
-    def pack(t):
-        kept[t.data_ptr()] = t.numel() * t.element_size()
-        return t
-
-    model.train()
-    with (
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
-        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-    ):
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-    return loss.detach(), grads, sum(kept.values())
-
-
 def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
     import copy
 
@@ -338,21 +339,14 @@ def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
 
     # the cpu profile's LoRA: a bf16 base under bf16 autocast, the adapter in float32
     base, _ = tiny("hardware.model_dtype=bfloat16")
-    plain = _adapted(base)
-    models.upcast_trainable(plain)
-    lean = copy.deepcopy(plain)  # before the hook: a copy's hook would switch the first model's layers
-    models.adapter_inputs_follow_autocast(plain), models.adapter_inputs_follow_autocast(lean)
+    plain, lean = _lora_pair(base)
     n, h, i = base.config.num_hidden_layers, base.config.hidden_size, base.config.intermediate_size
     assert make_lean(lean) == {"mlp": n, "norm": 2 * n + 1}
     assert make_lean(lean) == {"mlp": 0, "norm": 0}  # once only
 
     ids = torch.randint(5, base.config.vocab_size, (2, 24))
-    loss_a, grads_a, kept_a = _loss_and_grads(plain, ids, autocast=True)
-    loss_b, grads_b, kept_b = _loss_and_grads(lean, ids, autocast=True)
-    assert torch.equal(loss_a, loss_b)
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) == 14 * n  # A and B of 7 linear layers each
-    for name, grad in grads_a.items():
-        assert torch.equal(grad, grads_b[name]), name
+    kept_a, kept_b = _same_loss_and_grads(plain, lean, ids, autocast=True)
+    assert sum(p.requires_grad for p in lean.parameters()) == 14 * n  # A and B of 7 linear layers each
     # per layer, the MLP no longer keeps SiLU's bf16 output (2i bytes a token) and each norm keeps its bf16
     # input (2h) instead of its float32 copy and reciprocal (4h + 4); the plan counts the same but the
     # reciprocal. (The first layer's input norm sees the embeddings, which need no gradient: it keeps nothing
@@ -366,11 +360,7 @@ def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
     full, _ = tiny("hardware.precision=fp32")
     lean_full = copy.deepcopy(full)
     assert make_lean(lean_full) == {"mlp": n, "norm": 2 * n + 1}
-    loss_a, grads_a, kept_a = _loss_and_grads(full, ids, autocast=False)
-    loss_b, grads_b, kept_b = _loss_and_grads(lean_full, ids, autocast=False)
-    assert torch.equal(loss_a, loss_b)
-    for name, grad in grads_a.items():
-        assert torch.equal(grad, grads_b[name]), name
+    kept_a, kept_b = _same_loss_and_grads(full, lean_full, ids, autocast=False)
     assert kept_a - kept_b == ids.numel() * n * 4 * i  # SiLU's float32 output, and nothing of the norms
     per_layer = [plan.layer_bytes_per_token(shape, "full", 4, 4, lean) for lean in (False, True)]
     assert per_layer[0] - per_layer[1] == 4 * i
@@ -380,12 +370,8 @@ def test_lean_layers_keep_less_and_give_the_same_loss_and_gradients(tiny):
     bf16.requires_grad_(True)
     lean_bf16 = copy.deepcopy(bf16)
     make_lean(lean_bf16)
-    loss_a, grads_a, _ = _loss_and_grads(bf16, ids, autocast=False)
-    loss_b, grads_b, _ = _loss_and_grads(lean_bf16, ids, autocast=False)
-    assert torch.equal(loss_a, loss_b)
-    assert any("norm" in name for name in grads_a)
-    for name, grad in grads_a.items():
-        assert torch.equal(grad, grads_b[name]), name
+    assert any("norm" in name for name, p in bf16.named_parameters() if p.requires_grad)
+    _same_loss_and_grads(bf16, lean_bf16, ids, autocast=False)
 
 
 def test_lean_layers_leave_a_layer_whose_forward_differs_as_it_is(tiny):
@@ -417,21 +403,13 @@ def test_lean_layers_leave_a_layer_whose_forward_differs_as_it_is(tiny):
 
 def test_lean_layers_apply_to_a_4bit_base_with_the_same_gradients(tiny):
     """QLoRA: the MLPs' projections hold 4-bit weights stored as integers; the probe takes a float dtype."""
-    import copy
-
     from rlhf.models.lean import make_lean
 
     base, _ = tiny("hardware.load_in_4bit=true", "hardware.quantize_min_params_b=0")
     assert type(base.model.layers[0].mlp.gate_proj).__name__ == "Linear4bit"
-    plain = _adapted(base)
-    models.upcast_trainable(plain)
-    lean = copy.deepcopy(plain)
-    models.adapter_inputs_follow_autocast(plain), models.adapter_inputs_follow_autocast(lean)
+    plain, lean = _lora_pair(base)
     n = base.config.num_hidden_layers
     assert make_lean(lean) == {"mlp": n, "norm": 2 * n + 1}
     ids = torch.randint(5, base.config.vocab_size, (2, 24))
-    loss_a, grads_a, kept_a = _loss_and_grads(plain, ids, autocast=True)
-    loss_b, grads_b, kept_b = _loss_and_grads(lean, ids, autocast=True)
-    assert torch.equal(loss_a, loss_b) and kept_b < kept_a
-    for name, grad in grads_a.items():
-        assert torch.equal(grad, grads_b[name]), name
+    kept_a, kept_b = _same_loss_and_grads(plain, lean, ids, autocast=True)
+    assert kept_b < kept_a

@@ -274,13 +274,9 @@ def _packed_float_mask(positions, dtype):
     import torch
 
     sequence = (positions == 0).cumsum(0)
-    n = positions.numel()
-    sees = (sequence[:, None] == sequence[None, :]) & torch.ones(
-        n, n, dtype=torch.bool, device=positions.device
-    ).tril()
-    return torch.zeros(n, n, dtype=dtype, device=positions.device).masked_fill_(~sees, float("-inf"))[
-        None, None
-    ]
+    sees = (sequence[:, None] == sequence[None, :]).tril()
+    mask = torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill_(~sees, float("-inf"))
+    return mask[None, None]
 
 
 def count_params(config) -> int:

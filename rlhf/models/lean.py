@@ -9,9 +9,9 @@ gradients need (bench/activations.py, DPO on SmolLM2 under bf16 autocast):
   came and computes the float32 steps again in backward: 9% of what a layer keeps.
 Both backward passes apply autograd's own formulas (derivatives.yaml) with the same ops on the same values in
 the same order, so losses and gradients are the same bit for bit (tests/test_models.py), at the same speed
-(a DPO forward and backward on SmolLM2: 1.00x, median of 5, alternating in one process). A module is made lean only where its own forward gives the
-same output as the lean one on a probe input; anything else (another activation, Gemma's `1 + weight`
-norm, a fused gate_up projection) keeps its own forward.
+(a DPO forward and backward on SmolLM2: 1.00x, median of 5, alternating in one process). A module is made
+lean only where its own forward gives the same output as the lean one on a probe input; anything else
+(another activation, Gemma's `1 + weight` norm, a fused gate_up projection) keeps its own forward.
 
 On GPUs, Liger's Triton kernels (TRL's `use_liger_kernel`) do this and more, but Triton does not run on a
 CPU: the cpu profile turns these on (`hardware.lean_layers`).
@@ -42,13 +42,16 @@ class SiluMul(torch.autograd.Function):
         return d_gate, d_up
 
 
+def _float32_steps(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x in float32 and the reciprocal of its root mean square, as LlamaRMSNorm computes them."""
+    h = x.to(torch.float32)
+    return h, torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' LlamaRMSNorm, step for step: in float32, back to the input's dtype, then the weight."""
-    dtype = x.dtype
-    h = x.to(torch.float32)
-    variance = h.pow(2).mean(-1, keepdim=True)
-    h = h * torch.rsqrt(variance + eps)
-    return weight * h.to(dtype)
+    h, r = _float32_steps(x, eps)
+    return weight * (h * r).to(x.dtype)
 
 
 class RMSNorm(torch.autograd.Function):
@@ -66,8 +69,7 @@ class RMSNorm(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[:2]
         # the forward's float32 steps again, then the backward formulas autograd applies to them
         # (torch/csrc/autograd/FunctionsManual.cpp, derivatives.yaml), op for op, in reverse
-        h = x.to(torch.float32)
-        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + ctx.eps)
+        h, r = _float32_steps(x, ctx.eps)
         normed = (h * r).to(x.dtype)
         d_weight = (grad * normed).sum_to_size(weight.shape) if need_w else None  # MulBackward0, other
         if not need_x:
