@@ -15,6 +15,8 @@ from rlhf import config, distributed, resume, sweep
 from rlhf.errors import HYDRA_START_FILES, UserError, install_hydra_reporter
 from rlhf.validate import validate
 
+ALONE = False  # set by the command (cli): this process exists for the run it starts
+
 
 @hydra.main(version_base="1.3", config_path=str(config.CONF), config_name="config")
 @sweep.keep_going  # in a multirun, a crashed job leaves failed.json and the sweep goes on
@@ -24,9 +26,13 @@ def main(cfg: DictConfig) -> float | None:
         # a sweep's job (-m) with a distributed preset: it launches its own processes in its directory
         validate(cfg)
         return distributed.launch_job(cfg, list(hc.overrides.task), Path(hc.runtime.output_dir))
+    from hydra.types import RunMode
+
     from rlhf import train
 
-    return train.run(cfg, Path(hc.runtime.output_dir))
+    # one run in a process of its own (not a sweep's jobs, nor a caller's process, which may run others that
+    # need what this one's settings leave out)
+    return train.run(cfg, Path(hc.runtime.output_dir), whole_process=ALONE and hc.mode == RunMode.RUN)
 
 
 def check_run_dir(argv: list[str]) -> None:
@@ -71,6 +77,8 @@ def start(argv: list[str]) -> None:
 
 def cli() -> None:
     """The console script `rlhf` (= python -m rlhf)."""
+    global ALONE
+    ALONE = True
     entry.run(start)
 
 

@@ -284,8 +284,33 @@ def quiet_libraries() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # accelerate narrates each FSDP checkpoint (4 lines per rank at INFO); the run says where checkpoints went
     logging.getLogger("accelerate.utils.fsdp_utils").setLevel(logging.WARNING)
+    # QLoRA under FSDP2: accelerate says it keeps the 4-bit weights out of its shards, each rank whole, as
+    # the README's engine table says
+    warnings.filterwarnings("ignore", message=r"Found \d+ non-floating frozen Params4bit")
     # deprecation notices inside transformers / TRL / peft, not in anything users write
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def leave_out(names: list[str]) -> list[str]:
+    """Make these installed libraries unimportable for the rest of the process; return the ones left out.
+
+    transformers, peft, accelerate and TRL import each optional integration they find installed
+    (bitsandbytes through peft, DeepSpeed for a type check, wandb for its callback) whether or not the run
+    uses it. `sys.modules[name] = None` is Python's own way to say "not here": `import name` raises
+    ModuleNotFoundError and `importlib.util.find_spec(name)` returns None, which is what those libraries'
+    availability checks ask. Only before transformers is imported, so that every library sees one answer
+    for the whole process; a name already imported, or not installed, is left as it is.
+    """
+    if "transformers" in sys.modules:
+        return []
+    import importlib.util
+
+    out = []
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            sys.modules[name] = None
+            out.append(name)
+    return out
 
 
 def inside_launch() -> bool:

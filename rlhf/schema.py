@@ -130,6 +130,11 @@ class HardwareConfig:
     # methods TRL trains (not our ppo, whose peak is its rollouts'); on a GPU, Liger's Triton kernels are the
     # tool for this. The cpu profile sets it.
     lean_layers: bool = False
+    # a single run (not a sweep's jobs, which share a process) leaves out the optional libraries it cannot
+    # use, which transformers, peft and accelerate import whenever they are installed: bitsandbytes where
+    # nothing quantizes and the optimizer is torch's, DeepSpeed outside a DeepSpeed launch, wandb with
+    # logger=none (~85 MB of a CPU process; rlhf.runtime.leave_out). The cpu profile sets it.
+    lean_imports: bool = False
     # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
     # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.
     memory_gb: float | None = MISSING

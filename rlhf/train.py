@@ -18,14 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf import checkpoint, sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
-from rlhf.runtime import PEAKS, inside_launch, is_main_process
+from rlhf.runtime import PEAKS, inside_launch, is_main_process, launch_engine, leave_out
 from rlhf.validate import check_resolved_profile, validate
 
 INTERRUPTED = checkpoint.INTERRUPTED
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float | None:
-    """Train, save, evaluate and report one run into `run_dir`; return what a sweeper optimises."""
+def run(cfg: DictConfig, run_dir: Path, whole_process: bool = False) -> float | None:
+    """Train, save, evaluate and report one run into `run_dir`; return what a sweeper optimises.
+
+    `whole_process`: this run is all the process will do (not one job of a sweep), so the libraries it
+    cannot use may be left out of it (hardware.lean_imports).
+    """
     started = time.time()
     PEAKS.start()
     with discard_run_on_bad_input(run_dir):
@@ -46,6 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         # auto -> the profile this machine gets; CUDA needs CUDA; a frozen base may load in bf16
         hw = config.resolve_hardware(cfg.hardware, frozen_base=methods.frozen_base(cfg.method))
         check_resolved_profile(cfg, hw)  # the method x hardware rules again, on the profile auto picked
+        left_out = leave_out(unused_libraries(cfg, hw)) if whole_process and hw.lean_imports else []
         choices.check(cfg)  # the libraries' own lists: scheduler, optimizer, loss type, target modules
         # again, now with the model's tokenizer: rows longer than the profile's max_seq_length are truncated
         # or dropped as data.too_long says, and counted
@@ -171,6 +176,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
         checkpoints_written=plan.saves.count,
         checkpoint_seconds=round(plan.saves.seconds, 2),
         gpu=hardware.gpu(),  # the GPU this run saw (None on a CPU)
+        libraries_left_out=left_out,
         alarms=watch.summary(),
         stopped_early=watch.stopped_early(),
     )
@@ -182,6 +188,22 @@ def run(cfg: DictConfig, run_dir: Path) -> float | None:
 
         print_eval_table(scores)  # the run ends with the before/after table
     return sweep.objective(record, cfg.optimize_metric)  # what a sweeper optimises
+
+
+# the optimizers transformers builds from torch alone; any other (8-bit, paged, lion, ...) may need bitsandbytes
+TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop")
+
+
+def unused_libraries(cfg: DictConfig, hw) -> list[str]:
+    """The optional libraries this run's settings cannot use (rlhf.runtime.leave_out)."""
+    unused = []
+    if not hw.load_in_4bit and hw.optim in TORCH_OPTIMIZERS:
+        unused.append("bitsandbytes")
+    if cfg.distributed.engine != "deepspeed" and launch_engine() != "deepspeed":
+        unused.append("deepspeed")
+    if cfg.logger.name != "wandb":
+        unused.append("wandb")
+    return unused
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> Path | str | None:

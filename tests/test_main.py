@@ -18,7 +18,7 @@ SUMMARY_KEYS = [
     "tokens_per_s", "trainable_params", "total_params", "trainable_share", "eval_loss", "eval", "eval_delta", "eval_significant", "peak_rss_mb",
     "malloc", "peak_rss_mb_by_stage",
     "wall_time_s", "data_truncated", "data_dropped", "resumed_from_step", "checkpoints_written", "checkpoint_seconds",
-    "gpu", "alarms", "stopped_early",
+    "gpu", "libraries_left_out", "alarms", "stopped_early",
 ]  # fmt: skip
 
 
@@ -58,6 +58,7 @@ def test_summary_reports_what_users_compare(lora_run):
     assert list(stages) == ["load", "train", "eval"] and min(stages.values()) > 100
     assert max(stages.values()) <= summary["peak_rss_mb"] + 1
     assert 0 < summary["trainable_params"] < summary["total_params"]
+    assert summary["libraries_left_out"] == []  # a run inside a caller's process leaves nothing out
     assert summary["trainable_share"] == pytest.approx(
         summary["trainable_params"] / summary["total_params"], rel=1e-4
     )
@@ -178,3 +179,25 @@ def test_under_two_processes_rank0_alone_evaluates_and_logs(run_rlhf, tmp_path):
     # only rank 0 evaluates: one eval.json, one "Evaluating the tuned model" line
     assert (run / "eval.json").is_file() and not (run / "eval-2.json").exists()
     assert out.stdout.count("Evaluating the tuned model") == 1
+
+
+ALL_OPTIONAL = {"bitsandbytes", "deepspeed", "wandb"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kept"),
+    [
+        ([], set()),
+        (["hardware.load_in_4bit=true"], {"bitsandbytes"}),  # QLoRA
+        (["hardware.optim=paged_adamw_8bit"], {"bitsandbytes"}),  # bitsandbytes' optimizers
+        (["hardware.optim=lion_32bit"], {"bitsandbytes"}),
+        (["distributed=deepspeed-zero2"], {"deepspeed"}),
+        (["logger=wandb"], {"wandb"}),
+    ],
+)
+def test_a_run_leaves_out_only_the_libraries_its_settings_cannot_use(make_cfg, overrides, kept):
+    from rlhf import config, train
+
+    cfg = make_cfg("hardware=cpu", "logger=none", *overrides)
+    hw = config.resolve_hardware(cfg.hardware)
+    assert set(train.unused_libraries(cfg, hw)) == ALL_OPTIONAL - kept

@@ -166,3 +166,32 @@ def test_an_unknown_allocator_is_one_line_and_exit_2(run_rlhf):
     assert out.stderr.strip() == (
         "error: RLHF_MALLOC=tcmaloc: no such allocator; fix: one of auto, tcmalloc, jemalloc, glibc"
     )
+
+
+def test_a_library_left_out_is_one_that_transformers_peft_and_accelerate_do_without():
+    """leave_out before transformers is imported: the libraries' own checks find it missing, peft and the
+    Trainer import without it, and an import of it fails as for a package not installed. Once transformers
+    is imported, nothing more is left out (every library must see one answer)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    assert importlib.util.find_spec("bitsandbytes") and importlib.util.find_spec("deepspeed")  # installed
+    code = (
+        "from rlhf import runtime\n"
+        "out = runtime.leave_out(['bitsandbytes', 'deepspeed', 'no_such_library'])\n"
+        "import peft.helpers\n"
+        "from transformers import Trainer\n"
+        "from transformers.utils import is_bitsandbytes_available\n"
+        "from accelerate.utils import is_bnb_available, is_deepspeed_available\n"
+        "try:\n"
+        "    import bitsandbytes\n"
+        "except ModuleNotFoundError:\n"
+        "    missing = True\n"
+        "found = [bool(f()) for f in (is_bitsandbytes_available, is_bnb_available, is_deepspeed_available)]\n"
+        "print(out, *found,\n"
+        "      peft.helpers.bnb, missing, runtime.leave_out(['wandb']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-2] == "['bitsandbytes', 'deepspeed'] False False False None True []"

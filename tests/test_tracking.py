@@ -174,6 +174,7 @@ def test_a_sweep_runs_complete_jobs_in_one_wandb_group(lora_sweep):
         assert (job / "model" / "adapter_model.safetensors").is_file() and (job / ".hydra").is_dir()
         assert not (job / sweep.FAILED).exists()
         summary = json.loads((job / "summary.json").read_text())
+        assert summary["libraries_left_out"] == []  # the jobs share one process: each keeps every library
         metrics = [json.loads(line) for line in (job / "metrics.jsonl").read_text().splitlines()]
         run = read_wandb_run(job)
         assert run["summary"]["loss_end_mean"] == pytest.approx(summary["loss_end_mean"])
