@@ -262,13 +262,15 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
             "checkpoint)",
             "use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3",
         )
+    # FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards: every process keeps the whole
+    # 4-bit base, the adapters are sharded. ZeRO partitions whatever the engine holds, 4-bit storage included
     p.check(
-        not hw.load_in_4bit,
+        not hw.load_in_4bit or engine == "fsdp",
         "hardware.load_in_4bit",
         hw.load_in_4bit,
         f"under distributed={name} 4-bit weights need bnb_4bit_quant_storage set to the compute dtype (peft's "
-        "DeepSpeed and FSDP QLoRA recipe), which the profile's quantization does not set",
-        "use distributed=ddp (QLoRA in every process), or hardware.load_in_4bit=false",
+        "DeepSpeed QLoRA recipe), which the profile's quantization does not set",
+        "use distributed=fsdp or distributed=ddp (QLoRA in every process), or hardware.load_in_4bit=false",
     )
 
 

@@ -118,6 +118,21 @@ def test_zero3_over_4_processes_divides_the_weights(make_cfg):
     )
 
 
+def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_shards_the_rest(make_cfg):
+    """FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards: each process holds them all."""
+    one = estimate(make_cfg, "model=mistral-7b", "hardware=rtx4060-8gb", "method=lora")
+    assert one.quantized
+    four = plan.terms(one.shape, one.hw, one.work, "fsdp", 4)
+    four_bit = one.shape.quantizable * plan.nf4_bytes(one.hw.bnb_4bit_use_double_quant)
+    rest = term(one, "weights") - four_bit
+    assert term(four, "weights") == pytest.approx(four_bit + rest / 4)
+    assert term(four, "adapter") == pytest.approx(term(one, "adapter") / 4)
+    assert "gathered layers" not in {t.name for t in four.terms}  # nothing of the 4-bit base is gathered
+    assert "gathered layers" in {
+        t.name for t in plan.terms(one.shape, one.hw, one.work, "deepspeed-zero3", 4).terms
+    }
+
+
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
 def test_zero3_counts_the_whole_weights_each_process_gathers_to_sample(make_cfg, method):
     """ppo's loop and TRL's trainers gather ZeRO-3's shards to generate: the generation phase holds the whole

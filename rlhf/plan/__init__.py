@@ -489,12 +489,15 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         opt_per += 4  # DeepSpeed's optimizer keeps float32 master weights of 16-bit parameters
     optimizer = trainable * opt_per
 
+    # FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards: each process holds them whole
+    whole = shape.quantizable * qbytes if quantized and engine == "fsdp" else 0
     out = [
         Term(
             "weights",
-            0 if offload else weights / wn,
+            0 if offload else whole + (weights - whole) / wn,
             weights_how
-            + (f", sharded over {wn}" if wn > 1 else "")
+            + (", the 4-bit ones whole in each process" if whole and wn > 1 else "")
+            + (f", {'the rest ' if whole else ''}sharded over {wn}" if wn > 1 else "")
             + (" (offloaded to CPU)" if offload else ""),
         )
     ]
@@ -543,7 +546,7 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         out.append(
             Term("DDP gradient buckets", grads, "DDP's reducer copies the gradients into flat buckets")
         )
-    if shards_weights:
+    if shards_weights and not whole:
         layer = (weights - (params - shape.quantizable) * wbytes) / max(1, shape.layers)
         out.append(
             Term("gathered layers", 2 * layer, "one layer's full weights gathered, the next prefetched")
