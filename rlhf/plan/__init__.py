@@ -50,9 +50,12 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # when several processes train.
 CUDA_CONTEXT = 0.5 * GiB
 NCCL_BUFFERS = 0.25 * GiB
-# A run's Python process with torch, transformers, TRL, peft and datasets loaded holds ~0.8 GB of RAM before
-# its model counts (peak RSS of `python -m rlhf model=tiny method=sft`, 2-core x86 Linux, bench/plan_estimate.py).
-CPU_FRAMEWORK = 0.8 * GiB
+# A run's Python process with torch, transformers, TRL, peft and datasets loaded holds ~0.7 GB of RAM before
+# its model counts (peak RSS of `python -m rlhf model=tiny method=sft`, 2-core x86 Linux, bench/plan_estimate.py),
+# with the optional libraries it cannot use left out (hardware.lean_imports: bitsandbytes, DeepSpeed, wandb),
+# ~0.08 GB more with them (bench/footprint.py --against hardware.lean_imports=false: 77-91 MB in every method).
+CPU_FRAMEWORK = 0.7 * GiB
+CPU_OPTIONAL_LIBRARIES = 0.08 * GiB
 
 
 # --------------------------------------------------------------------------- the model's numbers
@@ -304,11 +307,17 @@ def nf4_bytes(double_quant: bool) -> float:
 # them under SDPA attention (no sequence x sequence matrix). Counted with torch's saved-tensor hooks on small
 # Llamas at four shapes (hidden 256-512, GQA and MHA; transformers 5.23), exact to 1% in float32 and bf16:
 #   every weight trains:   r x 6h + m(4i + 2kv) + 8h
-#   LoRA on all-linear:    24h + m(4i + 2kv)    frozen linears keep no input; the float32 adapters keep their copy
+#   LoRA on all-linear:    10h + r x 2h + m x 3h + m(4i + 2kv)    frozen linears keep no input
 #   frozen base (prompt / prefix tuning):  r x 2h + m(3i + 2kv) + 8h
 # h hidden size, i intermediate size, kv = kv heads x head dim; r the residual stream's element size (the
 # weights': 4 for float32, 2 for 16-bit), m the matmul outputs' (2 under bf16 / fp16 autocast, else r); 8h is
-# the two RMSNorms' float32 copies of their input. With gradient checkpointing a layer keeps only its input
+# the two RMSNorms' float32 copies of their input. LoRA's r x 2h are the norms' outputs that the adapters keep,
+# m x 3h the query, sdpa's output and o_proj's contiguous copy of it, and 2h of its 10h what autograd holds
+# beyond the named tensors (the adapters' rank-r outputs, 16-bit copies of their weights): recounted with
+# bench/activations.py on SmolLM2 (a DPO micro-batch, 560 tokens; machine C) at 20.2h in bf16 and 30.3h in
+# float32 beside the i and kv terms, the formula within 1% of both, lean or not. (Its earlier 24h counted the
+# float32 copies of the adapters' inputs that rlhf.models.adapter_inputs_follow_autocast removed: 1.09x in bf16,
+# 0.92x in float32.) With gradient checkpointing a layer keeps only its input
 # (r x h) and one layer's whole set is rebuilt at a time. Lean layers (hardware.lean_layers, rlhf.models.lean)
 # keep one intermediate-size tensor fewer in the MLP (its SiLU's output: m x i) and, on a 16-bit residual
 # stream, the norms' 16-bit input instead of its float32 copy (8h -> 2 x r x h); tests/test_models.py counts both.
@@ -318,7 +327,7 @@ def layer_bytes_per_token(s: Shape, trains: str, r: int, m: int, lean: bool = Fa
     if trains == "full":
         return r * 6 * h + m * (4 * i + 2 * kv) + 8 * h - fewer
     if trains == "lora":
-        return 24 * h + m * (4 * i + 2 * kv) - fewer
+        return 10 * h + r * 2 * h + m * 3 * h + m * (4 * i + 2 * kv) - fewer
     return r * 2 * h + m * (3 * i + 2 * kv) + 8 * h - fewer
 
 
@@ -635,7 +644,18 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
             )
         )
     else:
-        out.append(Term("framework", CPU_FRAMEWORK, "Python with torch, transformers, TRL, peft, datasets"))
+        out.append(
+            Term(
+                "framework",
+                CPU_FRAMEWORK + (0 if hw.lean_imports else CPU_OPTIONAL_LIBRARIES),
+                "Python with torch, transformers, TRL, peft, datasets"
+                + (
+                    " (unused optional libraries left out)"
+                    if hw.lean_imports
+                    else ", bitsandbytes, DeepSpeed, wandb"
+                ),
+            )
+        )
     if offload:
         notes.append(
             f"deepspeed-zero3-offload holds {(weights + optimizer + (params * wbytes if w.reference == 'copy' else 0)) / GiB:.1f} "
