@@ -256,12 +256,6 @@ def longest_row(cfg) -> int:
 MEASURED_WHY = {
     ("tiny", None): "the tiny model's own terms are ~10 MB: this row measures the framework term alone",
     ("tiny", "ppo"): "our ppo loads no TRL trainer: its process is lighter than the framework term",
-    ("smollm2-135m", "qlora"): (
-        "its peak is in training (load 1.12, train 1.42 GB), not loading: on a CPU the 4-bit matmuls return "
-        "float32 (bnb_4bit_compute_dtype) whatever autocast does, the rest of the model is float32 and the adapters "
-        "keep bf16 copies of their float32 inputs: a DPO micro-batch saves 554 MB against LoRA's 310 "
-        "(bench/activations.py hardware.load_in_4bit=true), and the plan counts LoRA's 16-bit sizes"
-    ),
     ("smollm2-135m", "dpo"): (
         "not explained by the terms; most likely glibc's heap, which keeps freed blocks (rlhf.runtime."
         "tune_malloc) and fragments under DPO's batches of varying length (not verified)"

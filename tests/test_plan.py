@@ -118,6 +118,28 @@ def test_zero3_over_4_processes_divides_the_weights(make_cfg):
     )
 
 
+def test_qlora_on_a_cpu_counts_its_float32_matmul_outputs_and_the_adapters_16bit_copies(make_cfg):
+    """On a CPU the 4-bit matmuls return float32 (bnb_4bit_compute_dtype) under bf16 autocast, so the MLP keeps
+    float32 outputs and every adapter a bf16 copy of its float32 input (bench/activations.py
+    hardware.load_in_4bit=true); where the compute dtype is autocast's (a GPU's bf16), LoRA's formula holds."""
+    cpu = estimate(
+        make_cfg,
+        "hardware=cpu",
+        "hardware.precision=bf16",
+        "hardware.model_dtype=float32",
+        "hardware.load_in_4bit=true",
+    )
+    assert cpu.quantized
+    s = cpu.shape
+    h, i = s.hidden, s.intermediate
+    per_layer = plan.layer_bytes_per_token(s, "lora", 4, 2, lean=True, compute=4)
+    assert per_layer == 8 * h + 4 * 2 * i + 2 * (5 * h + i) + 2 * 4 * h
+    assert per_layer > plan.layer_bytes_per_token(s, "lora", 4, 2, lean=True)  # LoRA's 16-bit sizes
+    assert "16-bit copy (autocast)" in next(t.how for t in cpu.terms if t.name == "activations")
+    bf16 = plan.layer_bytes_per_token(s, "lora", 2, 2, lean=False, compute=2)
+    assert bf16 == plan.layer_bytes_per_token(s, "lora", 2, 2, lean=False)
+
+
 def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_shards_the_rest(make_cfg):
     """FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards: each process holds them all."""
     one = estimate(make_cfg, "model=mistral-7b", "hardware=rtx4060-8gb", "method=lora")

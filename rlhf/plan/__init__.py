@@ -321,8 +321,19 @@ def nf4_bytes(double_quant: bool) -> float:
 # (r x h) and one layer's whole set is rebuilt at a time. Lean layers (hardware.lean_layers, rlhf.models.lean)
 # keep one intermediate-size tensor fewer in the MLP (its SiLU's output: m x i) and, on a 16-bit residual
 # stream, the norms' 16-bit input instead of its float32 copy (8h -> 2 x r x h); tests/test_models.py counts both.
-def layer_bytes_per_token(s: Shape, trains: str, r: int, m: int, lean: bool = False) -> float:
+#
+# QLoRA whose 4-bit matmuls return another dtype than autocast's (a CPU: bnb_4bit_compute_dtype float32, under
+# bf16 autocast; `compute` its element size): the MLP keeps the 4-bit matmuls' outputs at c (gate, up, SiLU's
+# output: c x 3i; lean, c x 2i), each adapter keeps its own 16-bit copy of its float32 input (m(5h + i)), sdpa its
+# query, key and value repeated to every head, and output (m x 4h), the norms their float32 input (8h). Counted
+# by bench/activations.py hardware.load_in_4bit=true on SmolLM2: 31.1 KB a token and a layer, lean, against
+# 30.3 here (-2.5%); the LoRA formula's 16-bit sizes gave 19.2.
+def layer_bytes_per_token(
+    s: Shape, trains: str, r: int, m: int, lean: bool = False, compute: int | None = None
+) -> float:
     h, i, kv = s.hidden, s.intermediate, s.kv_dim
+    if trains == "lora" and compute is not None and compute != m:
+        return 8 * h + compute * (2 if lean else 3) * i + m * (5 * h + i) + m * 4 * h
     fewer = m * i + (8 - 2 * r) * h if lean else 0
     if trains == "full":
         return r * 6 * h + m * (4 * i + 2 * kv) + 8 * h - fewer
@@ -564,7 +575,8 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
     tokens = w.rows * w.tokens
     # make_lean: in TRL's trainers (not our ppo), on a model that is not partitioned
     lean = hw.lean_layers and w.method != "ppo" and engine not in PARTITIONED
-    per_layer = layer_bytes_per_token(shape, w.trains, r, mm, lean)
+    compute = DTYPE_BYTES[hw.bnb_4bit_compute_dtype] if quantized else None
+    per_layer = layer_bytes_per_token(shape, w.trains, r, mm, lean, compute)
     if hw.gradient_checkpointing:
         layer_acts = tokens * (shape.layers * r * shape.hidden + per_layer)
         acts_how = "gradient checkpointing: each layer's input + one layer rebuilt"
@@ -581,6 +593,11 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         copies = shape.quantizable * 2 / (shape.layers if hw.gradient_checkpointing else 1)
         acts += copies
         acts_how += f", + {gb(copies)} GB of 16-bit weight copies (autocast)"
+    elif r == 4 and mm == 2 and quantized and w.head == "causal-lm":
+        # the LM head is not quantized: autocast keeps a 16-bit copy of its float32 weight for backward
+        copies = shape.vocab * shape.hidden * 2
+        acts += copies
+        acts_how += f", + {gb(copies)} GB: the LM head's 16-bit copy (autocast)"
     rows_how = f"{w.batch} x {w.pairs}" if w.pairs > 1 else f"{w.batch}"
     out.append(Term("activations", acts, f"{rows_how} rows x {w.tokens} tokens; {acts_how}", "train"))
     if w.head == "causal-lm" and w.fused_head:
