@@ -89,10 +89,11 @@ def test_which_methods_each_engine_runs(make_cfg):
         assert line.endswith(
             "fix: use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3"
         )
-    validate(make_cfg("distributed=fsdp", "hardware=cpu", "hardware.load_in_4bit=true"))  # QLoRA: base whole
+    for preset in ("fsdp", "deepspeed-zero2"):  # QLoRA: the 4-bit base whole in every process
+        validate(make_cfg(f"distributed={preset}", "hardware=cpu", "hardware.load_in_4bit=true"))
     with pytest.raises(ConfigError) as err:
-        validate(make_cfg("distributed=deepspeed-zero2", "hardware=cpu", "hardware.load_in_4bit=true"))
-    assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero2")
+        validate(make_cfg("distributed=deepspeed-zero3", "hardware=cpu", "hardware.load_in_4bit=true"))
+    assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero3")
 
 
 def test_inside_a_launch_the_launchers_engine_decides(make_cfg, tmp_path):
@@ -362,16 +363,17 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
 
 
 @pytest.mark.slow
-def test_qlora_under_fsdp_matches_one_process_with_the_4bit_base_whole_in_each(rlhf_cli, run_rlhf, tmp_path):
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero2"])
+def test_qlora_matches_one_process_with_the_4bit_base_whole_in_each(rlhf_cli, run_rlhf, tmp_path, engine):
     """QLoRA under FSDP2: accelerate leaves bitsandbytes' 4-bit weights out of the shards (every process holds
-    the whole 4-bit base) and shards the adapters; the same curve and adapter as one process at the same
-    global batch."""
+    the whole 4-bit base) and shards the adapters; under ZeRO-2, which partitions only what trains, likewise.
+    The same curve and adapter as one process at the same global batch."""
     qlora = [*TINY, "hardware.load_in_4bit=true", "hardware.sft_batch_size=1"]
     one = tmp_path / "one"
     out = rlhf_cli(*qlora, "hardware.sft_grad_accum=2", f"hydra.run.dir={one}")
     assert out.returncode == 0, out.stderr[-3000:]
-    two = two_processes(run_rlhf, tmp_path / "two", *qlora, "hardware.sft_grad_accum=1", engine="fsdp")
-    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3, engine="fsdp")
+    two = two_processes(run_rlhf, tmp_path / "two", *qlora, "hardware.sft_grad_accum=1", engine=engine)
+    assert_rank0_wrote_the_run(tmp_path / "two", two, steps=3, engine=engine)
     assert_same_curve(curve(one), curve(tmp_path / "two"))
     assert curve(tmp_path / "two")[0][1] == 2 / 80  # two rows a step: both processes trained
     assert_same_adapter(one, tmp_path / "two")
