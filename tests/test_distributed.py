@@ -382,6 +382,30 @@ def test_qlora_matches_one_process_with_the_4bit_base_whole_in_each(rlhf_cli, ru
 
 
 @pytest.mark.slow
+def test_two_machines_train_one_run_as_one_process_does(one_process_lora, run_rlhf, start_rlhf, tmp_path):
+    """distributed.num_machines=2: one launch per machine, each with its machine_rank, rank 0's at
+    main_process_ip, the run directory shared. Here both machines are this one (127.0.0.1): the launches meet
+    over TCP as two hosts' would. Machine 1 writes only its accelerate file; the run is rank 0's, with one
+    process's curve and adapter at the same global batch."""
+    run = tmp_path / "run"
+    machines = [
+        *TINY, "distributed=ddp", "distributed.num_processes=2", "distributed.num_machines=2",
+        "distributed.main_process_ip=127.0.0.1", "distributed.main_process_port=29517",
+        "hardware.sft_batch_size=1", "hardware.sft_grad_accum=1", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    first = start_rlhf(*machines, "distributed.machine_rank=0")
+    second = run_rlhf(*machines, "distributed.machine_rank=1")
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "saved to" in out and "saved to" not in second.stdout  # rank 0 is on machine 0
+    assert (run / "accelerate-machine1.yaml").is_file()
+    assert_same_curve(curve(one_process_lora), curve(run))
+    assert curve(run)[0][1] == 2 / 80  # two rows a step: a process on each machine
+    assert_same_adapter(one_process_lora, run)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["ddp", "fsdp", "deepspeed-zero3"])
 def test_dpo_on_two_processes_matches_one_process_at_the_same_global_batch(
     rlhf_cli, run_rlhf, tmp_path, engine
