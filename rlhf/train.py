@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf import checkpoint, sweep, tracking
 from rlhf.errors import UserError, discard_run_on_bad_input
-from rlhf.runtime import PEAKS, inside_launch, is_main_process, launch_engine, leave_out
+from rlhf.runtime import PEAKS, inside_launch, is_main_process, leave_out
 from rlhf.validate import check_resolved_profile, validate
 
 INTERRUPTED = checkpoint.INTERRUPTED
@@ -196,10 +196,12 @@ TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "ada
 
 def unused_libraries(cfg: DictConfig, hw) -> list[str]:
     """The optional libraries this run's settings cannot use (rlhf.runtime.leave_out)."""
+    from rlhf.distributed import in_effect
+
     unused = []
     if not hw.load_in_4bit and hw.optim in TORCH_OPTIMIZERS:
         unused.append("bitsandbytes")
-    if cfg.distributed.engine != "deepspeed" and launch_engine() != "deepspeed":
+    if in_effect(cfg)[1] != "deepspeed":  # the launch's engine inside one, else the preset's
         unused.append("deepspeed")
     if cfg.logger.name != "wandb":
         unused.append("wandb")
