@@ -155,18 +155,40 @@ def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_shards_the_rest(make_
     }
 
 
+def test_fsdp_counts_the_roots_group_gathered_for_each_pass(make_cfg):
+    """accelerate shards each decoder layer, then the model itself: FSDP2 gathers that root group (the embeddings,
+    an untied output layer) for a whole forward and backward, beside the shard each process keeps."""
+    one = estimate(make_cfg, "model=mistral-7b", "hardware=a100", "method=lora")
+    s = one.shape
+    assert s.lm_head  # mistral's output layer is not tied to its embeddings
+    root = (s.vocab * s.hidden + s.lm_head) * plan.DTYPE_BYTES[one.hw.model_dtype]
+    four = plan.terms(s, one.hw, one.work, "fsdp", 4)
+    assert term(four, "gathered root") == pytest.approx(root * 3 / 4)
+    assert "gathered root" not in {t.name for t in plan.terms(s, one.hw, one.work, "fsdp", 1).terms}
+    assert "gathered root" not in {
+        t.name for t in plan.terms(s, one.hw, one.work, "deepspeed-zero3", 4).terms
+    }
+
+
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
 def test_zero3_counts_the_whole_weights_each_process_gathers_to_sample(make_cfg, method):
     """ppo's loop and TRL's trainers gather ZeRO-3's shards to generate: the generation phase holds the whole
-    weights (FSDP generates layer by layer, and training passes gather one layer at a time)."""
+    weights. Under FSDP ppo gathers every layer once for a rollout (the root's group is gathered for every
+    pass), while TRL's trainers generate layer by layer."""
     one = estimate(make_cfg, "model=mistral-7b", "hardware=a100", f"method={method}")
     zero3 = plan.terms(one.shape, one.hw, one.work, "deepspeed-zero3", 4)
     gathered = next(t for t in zero3.terms if t.name == "weights gathered to sample")
     assert gathered.phase == "generate"
     assert gathered.bytes + term(zero3, "weights") == pytest.approx(term(one, "weights"))
-    assert not [
-        t for t in plan.terms(one.shape, one.hw, one.work, "fsdp", 4).terms if t.name.startswith("weights ")
-    ]
+    fsdp = plan.terms(one.shape, one.hw, one.work, "fsdp", 4)
+    sampling = [t for t in fsdp.terms if t.name == "weights gathered to sample"]
+    if method == "ppo":
+        (gathered,) = sampling
+        assert gathered.phase == "generate"
+        whole = gathered.bytes + term(fsdp, "weights") + term(fsdp, "gathered root")
+        assert whole == pytest.approx(term(one, "weights"))
+    else:
+        assert not sampling
     assert not [t for t in one.terms if t.name.startswith("weights ")]
 
 
@@ -208,6 +230,9 @@ def test_the_default_models_numbers_do_not_stand_for_another_model_path(cache_di
     plan says it cannot size the model (it planned a 135M model before); the numbers its fix names are used."""
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     user = ["model.source=pretrained", "model.path=someorg/their-model", f"cache_dir={cache_dir}"]
+    # the memory the plan compares with, pinned: whether 8B fits would otherwise depend on this machine (its
+    # RAM; float32 weights where the CPU has no bf16: 35.9 GB in all, over 23.5)
+    user.append("hardware.memory_gb=64")
     r = plan_cli(*user, env=env)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
     assert "someorg/their-model: its config.json cannot be had offline" in r.stderr
