@@ -38,8 +38,9 @@ DEEPSPEED_FILE = "deepspeed.json"
 ENGINES = ("none", "ddp", "fsdp", "deepspeed")
 # the profile's precision -> accelerate's mixed_precision
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
-# methods that train in a loop of our own on accelerate rather than on a TRL trainer
-OWN_LOOP = {"ppo": "rlhf/methods/ppo/loop.py"}
+# methods that train in a loop of our own on accelerate rather than on a TRL trainer: under a sharding engine a
+# rollout ends on an optimizer step (check)
+OWN_LOOP = ("ppo",)  # rlhf/methods/ppo/loop.py
 # seconds the launcher waits, after a Ctrl-C or SIGTERM, for its processes to finish their step and checkpoint
 STOP_GRACE_S = 600
 
@@ -88,14 +89,12 @@ def gather_weights(model) -> dict | None:
     """The whole model's weights where FSDP or DeepSpeed ZeRO-3 holds them sharded: every process sends its
     shard, rank 0 receives them on its CPU (a collective: each rank calls it at the same point). None for a
     model neither shards, and on the other ranks."""
-    from torch.distributed.fsdp import FSDPModule
-
-    from rlhf.models.partitioned import is_partitioned
+    from rlhf.models.partitioned import is_partitioned, is_sharded
     from rlhf.runtime import is_main_process
 
     if is_partitioned(model):
         state = gather_zero3(model)
-    elif any(isinstance(m, FSDPModule) for m in model.modules()):
+    elif is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -218,28 +217,17 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
     if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
         return
     method = cfg.method.name
-    p.check(
-        method not in OWN_LOOP or engine == "deepspeed",
-        "distributed",
-        name,
-        f"method={method} trains in its own accelerate loop ({OWN_LOOP.get(method)}), which samples its "
-        "rollouts from the unwrapped model, outside FSDP, where a process holds a shard of the weights",
-        "use distributed=deepspeed-zero3 (which gathers them to sample, as TRL does) or distributed=ddp",
-    )
     m = cfg.method
-    if (
-        method in OWN_LOOP
-        and engine == "deepspeed"
-        and m.mini_batch_size > 0
-        and m.gradient_accumulation_steps > 0
-    ):
+    if method in OWN_LOOP and m.mini_batch_size > 0 and m.gradient_accumulation_steps > 0:
         passes = m.ppo_epochs * math.ceil(m.batch_size / m.mini_batch_size)
+        engine_name, holder = ("DeepSpeed", "ZeRO") if engine == "deepspeed" else ("FSDP", "FSDP")
         p.check(
             passes % m.gradient_accumulation_steps == 0,
             "method.gradient_accumulation_steps",
             m.gradient_accumulation_steps,
-            f"under DeepSpeed a rollout's {passes} mini-batch passes (ppo_epochs x batch_size / mini_batch_size) "
-            "must end on an optimizer step: a checkpoint cannot hold the gradients ZeRO accumulates",
+            f"under {engine_name} a rollout's {passes} mini-batch passes (ppo_epochs x batch_size / "
+            f"mini_batch_size) must end on an optimizer step: a checkpoint cannot hold the gradients "
+            f"{holder} accumulates",
             f"use a divisor of {passes}",
         )
     virtual = methods.get(method).adapter_kind(cfg.method) in ("prompt", "prefix")

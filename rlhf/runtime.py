@@ -287,6 +287,9 @@ def quiet_libraries() -> None:
     # QLoRA under FSDP2: accelerate says it keeps the 4-bit weights out of its shards, each rank whole, as
     # the README's engine table says
     warnings.filterwarnings("ignore", message=r"Found \d+ non-floating frozen Params4bit")
+    # ppo under FSDP: the policy-and-value module returns slices of its logits and values (views), which FSDP2
+    # warns an in-place op could break; the loop changes neither in place
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPPolicyWithValue\) returned a view")
     # DeepSpeed probes the C compiler at start-up (its async I/O check), which logs each gcc command at INFO
     logging.getLogger("compilers.C.base").setLevel(logging.WARNING)
     # deprecation notices inside transformers / TRL / peft, not in anything users write

@@ -1,5 +1,6 @@
-"""Models that DeepSpeed ZeRO-3 holds partitioned across a launch's processes: built that way from the start,
-and made whole for a block where one rank alone needs the weights."""
+"""Models that DeepSpeed ZeRO-3 or FSDP holds partitioned across a launch's processes: under ZeRO-3 built that
+way from the start; made whole for a block where one rank alone needs the weights, or where every rank samples
+(ppo); and whole copies of their parameters."""
 
 from __future__ import annotations
 
@@ -70,10 +71,34 @@ def gathered(params: list):
         yield
 
 
+def is_sharded(model) -> bool:
+    """Whether FSDP (torch's fully_shard, as accelerate applies it) shards the model's weights."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def whole_copies(named: dict[str, Any]) -> dict[str, Any]:
+    """CPU copies of these parameters, whole where ZeRO-3 partitions or FSDP shards them (a collective: every
+    rank calls it, with the same parameters in the same order)."""
+    from torch.distributed.tensor import DTensor
+
+    with gathered(list(named.values())):
+        whole = {name: p.full_tensor() if isinstance(p, DTensor) else p for name, p in named.items()}
+        return {name: p.detach().to("cpu", copy=True).contiguous() for name, p in whole.items()}
+
+
 @contextlib.contextmanager
-def whole_weights(model):
+def whole_weights(model, reshard_after_forward: bool = True):
     """Every weight of a ZeRO-3-partitioned model whole in each process for the block (a collective: every
-    rank enters it), so rank 0 can score and sample the base model on its own; otherwise nothing."""
+    rank enters it), so rank 0 can score and sample the base model on its own. Under FSDP every layer's
+    weights whole for the block, each gathered once rather than at every decoding step, then sharded again
+    (`reshard_after_forward`: the preset's); the root's own group is gathered by its forward, which every
+    pass goes through. Otherwise nothing."""
+    if is_sharded(model):
+        with whole_layers(model, reshard_after_forward):
+            yield model
+        return
     if not is_partitioned(model):
         yield model
         return
@@ -91,6 +116,24 @@ def whole_weights(model):
         finally:
             if held is not None:
                 hf_deepspeed.set_hf_deepspeed_config(held)
+
+
+@contextlib.contextmanager
+def whole_layers(model, reshard_after_forward: bool):
+    """FSDP's layers (every sharded module but the root) gathered for the block and kept so through their
+    forwards, then sharded again as the preset shards them after a forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    layers = [m for m in model.modules() if isinstance(m, FSDPModule) and m is not model]
+    for layer in layers:
+        layer.set_reshard_after_forward(False, recurse=False)
+        layer.unshard()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.reshard()
+            layer.set_reshard_after_forward(reshard_after_forward, recurse=False)
 
 
 def partitioned_copy(model):

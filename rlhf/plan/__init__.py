@@ -571,6 +571,17 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         out.append(
             Term("gathered layers", 2 * layer, "one layer's full weights gathered, the next prefetched")
         )
+    # accelerate shards each decoder layer and then the model itself, whose group (the embeddings, an untied
+    # output layer, the final norm) FSDP2 gathers for a whole pass: a forward and its backward, or a rollout
+    root = (shape.vocab * shape.hidden + shape.lm_head) * wbytes
+    if engine == "fsdp" and wn > 1:
+        out.append(
+            Term(
+                "gathered root",
+                root - root / wn,
+                "the embeddings" + (" and output layer" if shape.lm_head else "") + " whole for each pass",
+            )
+        )
 
     tokens = w.rows * w.tokens
     # make_lean: in TRL's trainers (not our ppo), on a model that is not partitioned
@@ -640,6 +651,18 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
                     "weights gathered to sample",
                     weights - (0 if offload else weights / wn),
                     f"every shard of the weights gathered onto each {'GPU' if gpu else 'process'} for generation",
+                    "generate",
+                )
+            )
+        elif engine == "fsdp" and wn > 1 and w.method == "ppo":
+            # ppo gathers every layer once for a rollout (rlhf.models.partitioned.whole_layers); the root's
+            # group is the gathered root above; TRL's trainers gather layer by layer at each decoding step
+            layers = weights - whole - root
+            out.append(
+                Term(
+                    "weights gathered to sample",
+                    layers - layers / wn,
+                    f"every layer's shards gathered onto each {'GPU' if gpu else 'process'} for a rollout",
                     "generate",
                 )
             )

@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from rlhf.errors import Problems
 from rlhf.methods import Inputs, Result
-from rlhf.methods._common import check_lora, check_sampling, heldout_reward
+from rlhf.methods._common import check_lora, check_sampling
 from rlhf.schema import LoraTrainingConfig, SamplingFields
 
 NAME = "ppo"
@@ -113,6 +113,4 @@ def adapter_kind(m: Config) -> str | None:
 def train(inputs: Inputs) -> Result:
     from rlhf.methods.ppo import loop
 
-    result = loop.train(inputs)
-    result.extra["heldout_reward_mean"] = heldout_reward(inputs, result.model)
-    return result
+    return loop.train(inputs)

@@ -13,10 +13,10 @@ from torch import nn
 from rlhf import rewards as reward_group
 from rlhf.generation import encode_chat_prompts
 from rlhf.methods import Inputs, Result
-from rlhf.methods._common import lora_config
+from rlhf.methods._common import heldout_reward, lora_config
 from rlhf.methods.ppo import core
 from rlhf.models import attention_kernel
-from rlhf.models.partitioned import gathered, is_partitioned, whole_weights
+from rlhf.models.partitioned import is_partitioned, is_sharded, whole_copies, whole_weights
 from rlhf.runtime import launch_engine
 
 
@@ -24,12 +24,17 @@ class PolicyWithValue(nn.Module):
     """A causal LM (with its LoRA adapter) and a value head on its last hidden state.
 
     `forward` returns logits and values for the last `response_len` tokens only (the positions that predict
-    them): the vocabulary projection of the prompt's positions is never computed.
+    them): the vocabulary projection of the prompt's positions is never computed. Every pass of a rollout goes
+    through this module's `forward` (`task`), not its policy's: under FSDP it is the root, whose hooks gather
+    the weights its own shard holds (embeddings, final norm, value head) and whose first forward sets FSDP up
+    (the decoder layers gather their own in theirs).
     """
 
     def __init__(self, policy: nn.Module):
         super().__init__()
         self.policy = policy
+        # FSDP (accelerate) shards each of these layers on its own, as it would the policy's
+        self._no_split_modules = getattr(policy, "_no_split_modules", None)
         hidden = policy.config.hidden_size
         self.value_head = nn.Linear(hidden, 1, device=policy.device)
         # zero: a fresh critic predicts 0, so the first advantages are the lambda-discounted scores themselves.
@@ -39,7 +44,22 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids, response_len: int):
+    def forward(
+        self, input_ids, attention_mask, position_ids=None, response_len: int = 0, task="policy", **kw
+    ):
+        """task: "policy" (logits and values), "reference" (the logits without the adapter) or "sample" (the
+        policy's completions of the prompts, `kw` its generation settings)."""
+        if task == "sample":
+            return self.policy.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        if task == "reference":  # the same weights without the adapter
+            with self.policy.disable_adapter():
+                out = self.policy(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    logits_to_keep=response_len + 1,
+                )
+            return out.logits[:, :-1]
         out = self.policy(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -50,6 +70,14 @@ class PolicyWithValue(nn.Module):
         hidden = out.hidden_states[-1][:, -response_len - 1 : -1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return out.logits[:, :-1], values
+
+    def generate(self, input_ids, attention_mask, **kw):
+        """The policy's `generate`, through this module's forward (rlhf.generation.greedy calls it)."""
+        return self(input_ids, attention_mask, task="sample", **kw)
+
+    @property
+    def device(self):
+        return self.policy.device
 
 
 def train(inputs: Inputs) -> Result:
@@ -106,6 +134,8 @@ def train(inputs: Inputs) -> Result:
             optimizer = DummyOptim(optimizer.param_groups[0]["params"], lr=settings["lr"])
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped: PolicyWithValue = accelerator.unwrap_model(model)
+    sharded = is_sharded(unwrapped)  # FSDP: the layers are sharded again after a rollout as after a forward
+    reshard = accelerator.state.fsdp_plugin.reshard_after_forward if sharded else True
 
     kl_ctl = core.AdaptiveKLController(m.init_kl_coef, m.target_kl, m.kl_horizon)
     steps = m.max_steps if m.max_steps > 0 else math.ceil(m.num_epochs * len(inputs.rows) / m.batch_size)
@@ -129,8 +159,8 @@ def train(inputs: Inputs) -> Result:
         # the policy and reference passes in the same precision (KL starts at 0); on a CPU the sampling runs
         # outside autocast: decoding is memory-bound, and autocast re-casts every float32 weight at every token
         # (10 completions x 10 tokens on SmolLM2, 2-core AMX CPU: 1.55 instead of 1.9 s)
-        # ZeRO-3: each rank samples from the whole weights, as TRL's trainers do
-        with whole_weights(unwrapped):
+        # ZeRO-3 and FSDP: each rank samples from the whole weights, as TRL's trainers do under ZeRO-3
+        with whole_weights(unwrapped, reshard):
             rollout = make_rollout(
                 unwrapped, tokenizer, batch_prompts, m, inputs.rewards, kl_ctl.value, accelerator.autocast,
                 sample_in_autocast=hw.device != "cpu", kernel=m.update_attn_implementation,
@@ -159,6 +189,15 @@ def train(inputs: Inputs) -> Result:
             break
 
     runtime = time.time() - started
+    # every rank answers the held-out prompts
+    if sharded:  # FSDP: from the whole weights, through the root's forward, which gathers its own group
+        with whole_weights(unwrapped, reshard):
+            heldout = heldout_reward(inputs, unwrapped)
+        # FSDP keeps the root's group gathered after a forward without gradients (a backward would free it):
+        # sharded again, as rlhf.distributed.gather_weights collects the weights
+        unwrapped.reshard()
+    else:
+        heldout = heldout_reward(inputs, unwrapped.policy)
     final = {k: state["logs"][k] for k in ("reward", "success_rate", "kl") if k in state["logs"]}
     losses = state["losses"]
     return Result(
@@ -168,9 +207,9 @@ def train(inputs: Inputs) -> Result:
             "train_loss": sum(losses) / len(losses) if losses else None,
             "num_tokens": state["tokens_seen"],
         },
-        extra={f"final_{k}": v for k, v in final.items()},
+        extra={**{f"final_{k}": v for k, v in final.items()}, "heldout_reward_mean": heldout},
         # beside the adapter: the critic can be reused
-        heads={"value_head": whole_head(unwrapped.value_head)},
+        heads={"value_head": whole_head(unwrapped.value_head, sharded)},
     )
 
 
@@ -205,17 +244,18 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     if is_deepspeed(accelerator):  # ZeRO partitions the optimizer: each rank holds its own part
         torch.save(optimizer.state_dict(), out / f"optimizer-{rank}.pt")
     checkpoint.every_rank_here()
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with gathered(list(trainable.values())):  # ZeRO-3: every rank takes part in gathering them
-        if accelerator.is_main_process:
-            save_file(
-                {n: p.detach().cpu().contiguous() for n, p in trainable.items()},
-                out / "trainable.safetensors",
-            )
+    # ZeRO-3 and FSDP: every rank takes part in gathering them
+    trainable = whole_copies({n: p for n, p in model.named_parameters() if p.requires_grad})
+    if is_sharded(model):  # FSDP: the optimizer whole, by parameter name (each rank sends its shard of it)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        whole_optimizer = get_optimizer_state_dict(model, unwrap_optimizer(optimizer), options=options)
     if accelerator.is_main_process:
+        save_file(trainable, out / "trainable.safetensors")
         # gradients accumulated since the last optimizer step: with gradient_accumulation_steps > 1 an
         # optimizer step can span rollouts, and a resumed run that lost them would step on part of its
-        # mini-batches only (under DeepSpeed they live in the engine: rollouts end on a step, rlhf.distributed)
+        # mini-batches only (under DeepSpeed and FSDP rollouts end on a step, rlhf.distributed: none are left)
         pending = {
             n: p.grad.detach().cpu().contiguous()
             for n, p in model.named_parameters()
@@ -223,7 +263,9 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
         }
         if pending:
             save_file(pending, out / "gradients.safetensors")
-        if not is_deepspeed(accelerator):
+        if is_sharded(model):
+            torch.save(whole_optimizer, out / "optimizer.pt")
+        elif not is_deepspeed(accelerator):
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
         payload = {**state, "kl_coef": kl_ctl.value, "accumulation_step": accelerator.step}
         (out / "state.json").write_text(json.dumps(payload))
@@ -239,7 +281,18 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
     import numpy as np
     from safetensors.torch import load_file
 
-    if not is_partitioned(model):  # ZeRO-3 restores them with the optimizer, from its float32 masters
+    if is_sharded(model):  # FSDP: each rank keeps its shard of the whole tensors saved, by name
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        whole = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(model, load_file(path / "trainable.safetensors"), options=whole)
+        saved = torch.load(path / "optimizer.pt", weights_only=True)
+        set_optimizer_state_dict(model, unwrap_optimizer(optimizer), saved, options=whole)
+    elif not is_partitioned(model):  # ZeRO-3 restores them with the optimizer, from its float32 masters
         missing, unexpected = model.load_state_dict(load_file(path / "trainable.safetensors"), strict=False)
         assert not unexpected, unexpected  # the same model and adapter, or the checkpoint is not this run's
     if (path / "gradients.safetensors").is_file():  # an optimizer step that spans the checkpoint
@@ -261,7 +314,7 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
             ]
         # every rank's partition, as DeepSpeed's own loader passes them; the float32 masters as saved
         optimizer.optimizer.load_state_dict(parts, load_from_fp32_weights=True)
-    else:
+    elif not is_sharded(model):
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     payload = json.loads((path / "state.json").read_text())
     own = path / f"rng-{rank}.safetensors"
@@ -289,12 +342,17 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.state.deepspeed_plugin is not None
 
 
-def whole_head(head: nn.Linear) -> nn.Linear:
-    """The value head itself, or under ZeRO-3 a copy with its whole weights (a collective: every rank calls it)."""
-    if not is_partitioned(head):
+def unwrap_optimizer(optimizer):
+    """torch's optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def whole_head(head: nn.Linear, sharded: bool) -> nn.Linear:
+    """The value head itself, or under ZeRO-3 or FSDP a copy with its whole weights (a collective: every rank
+    calls it)."""
+    if not (sharded or is_partitioned(head)):
         return head
-    with gathered(list(head.parameters())):
-        state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    state = whole_copies(dict(head.named_parameters()))
     whole = nn.Linear(head.in_features, head.out_features, dtype=state["weight"].dtype)
     whole.load_state_dict(state)
     return whole
@@ -344,8 +402,9 @@ def make_rollout(
 
 def sample(model: PolicyWithValue, tokenizer, query: dict, m) -> torch.Tensor:
     """`batch_size` completions of the prompts, sampled as the method's sampling keys say."""
-    return model.policy.generate(
-        **query,
+    return model.generate(
+        query["input_ids"],
+        query["attention_mask"],
         do_sample=True,
         max_new_tokens=m.max_new_tokens,
         temperature=m.temperature,
@@ -377,14 +436,8 @@ def score_and_pass(model, tokenizer, prompts, m, rewards, kl_coef, query, genera
     logprobs = response_logprobs(logits, response, m.temperature)
     values = values.float()
     clock.lap("policy_pass")
-    with model.policy.disable_adapter():  # the reference: the same weights without the adapter
-        ref = model.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            logits_to_keep=response_len + 1,
-        )
-    ref_logprobs = response_logprobs(ref.logits[:, :-1], response, m.temperature)
+    ref_logits = model(input_ids, attention_mask, position_ids, response_len, task="reference")
+    ref_logprobs = response_logprobs(ref_logits, response, m.temperature)
     clock.lap("reference_pass")
 
     mask = response_mask.float()
