@@ -51,22 +51,17 @@ class PolicyWithValue(nn.Module):
         policy's completions of the prompts, `kw` its generation settings)."""
         if task == "sample":
             return self.policy.generate(input_ids=input_ids, attention_mask=attention_mask, **kw)
-        if task == "reference":  # the same weights without the adapter
-            with self.policy.disable_adapter():
-                out = self.policy(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    position_ids=position_ids,
-                    logits_to_keep=response_len + 1,
-                )
+        reference = task == "reference"  # the same weights without the adapter
+        with self.policy.disable_adapter() if reference else contextlib.nullcontext():
+            out = self.policy(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=not reference,
+                logits_to_keep=response_len + 1,
+            )
+        if reference:
             return out.logits[:, :-1]
-        out = self.policy(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            output_hidden_states=True,
-            logits_to_keep=response_len + 1,
-        )
         hidden = out.hidden_states[-1][:, -response_len - 1 : -1]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return out.logits[:, :-1], values
@@ -246,7 +241,8 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
     checkpoint.every_rank_here()
     # ZeRO-3 and FSDP: every rank takes part in gathering them
     trainable = whole_copies({n: p for n, p in model.named_parameters() if p.requires_grad})
-    if is_sharded(model):  # FSDP: the optimizer whole, by parameter name (each rank sends its shard of it)
+    sharded = is_sharded(model)
+    if sharded:  # FSDP: the optimizer whole, by parameter name (each rank sends its shard of it)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -263,7 +259,7 @@ def save_state(plan, state: dict, model: PolicyWithValue, optimizer, accelerator
         }
         if pending:
             save_file(pending, out / "gradients.safetensors")
-        if is_sharded(model):
+        if sharded:
             torch.save(whole_optimizer, out / "optimizer.pt")
         elif not is_deepspeed(accelerator):
             torch.save(optimizer.state_dict(), out / "optimizer.pt")
@@ -281,7 +277,8 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
     import numpy as np
     from safetensors.torch import load_file
 
-    if is_sharded(model):  # FSDP: each rank keeps its shard of the whole tensors saved, by name
+    sharded = is_sharded(model)
+    if sharded:  # FSDP: each rank keeps its shard of the whole tensors saved, by name
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -314,7 +311,7 @@ def load_state(path, model: PolicyWithValue, optimizer, accelerator, kl_ctl) -> 
             ]
         # every rank's partition, as DeepSpeed's own loader passes them; the float32 masters as saved
         optimizer.optimizer.load_state_dict(parts, load_from_fp32_weights=True)
-    elif not is_sharded(model):
+    elif not sharded:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     payload = json.loads((path / "state.json").read_text())
     own = path / f"rng-{rank}.safetensors"
@@ -403,8 +400,7 @@ def make_rollout(
 def sample(model: PolicyWithValue, tokenizer, query: dict, m) -> torch.Tensor:
     """`batch_size` completions of the prompts, sampled as the method's sampling keys say."""
     return model.generate(
-        query["input_ids"],
-        query["attention_mask"],
+        **query,
         do_sample=True,
         max_new_tokens=m.max_new_tokens,
         temperature=m.temperature,
