@@ -98,6 +98,8 @@ def gather_weights(model) -> dict | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if getattr(model, "_is_prompt_learning", False):
+            model.unshard()  # the root's group whole in each rank: rank 0 runs the prompt encoder alone to save it
     else:
         return None
     if not is_main_process():
@@ -231,15 +233,6 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
             f"use a divisor of {passes}",
         )
     virtual = methods.get(method).adapter_kind(cfg.method) in ("prompt", "prefix")
-    if engine == "fsdp":
-        p.check(
-            not virtual,
-            "distributed",
-            name,
-            f"method={method}: peft runs the virtual tokens' embedding outside the forward FSDP wraps, so its "
-            "weight is still a shard there (torch: 'got mixed torch.Tensor and DTensor')",
-            "use distributed=ddp, or method=lora under FSDP",
-        )
     if engine == "deepspeed" and stage == 3:
         p.check(
             not virtual,

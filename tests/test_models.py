@@ -62,6 +62,25 @@ def test_lora_adapter_reloads_with_autopeft_and_the_same_logits(tiny, tmp_path):
     torch.testing.assert_close(peft_model(ids).logits, reloaded(ids).logits)
 
 
+def test_a_virtual_token_adapter_reloads_as_trained_with_its_tokens_trainable(tiny, make_cfg, tmp_path):
+    """load_trained (the run's end under FSDP or ZeRO-3, and `rlhf.evaluate run=`) of prompt tuning's adapter:
+    peft refuses to load virtual tokens as trainable, so they load frozen and are counted as trained after."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer = tiny()
+    tuned = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5))
+    with torch.no_grad():
+        tuned.prompt_encoder["default"].embedding.weight.normal_()
+    models.save(tuned, tokenizer, tmp_path / "model")
+    cfg = make_cfg("model=tiny", "hardware=cpu")
+    hw = hardware.resolve(cfg.hardware)
+    reloaded = models.load_trained(tmp_path / "model", cfg.model, hw, cfg.cache_dir)
+    assert models.trainable_parameters(reloaded) == models.trainable_parameters(tuned)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(tuned(ids).logits, reloaded(ids).logits)
+
+
 def _loss_and_grads(model, ids, autocast: bool):
     """One training forward and backward (the model in train mode); the loss, each trainable parameter's
     gradient, and the bytes of the distinct tensors autograd kept for backward."""

@@ -342,10 +342,15 @@ def load_trained(
     """A run's model/ as a user loads it: its PEFT adapter onto the base (`base`, or the one `cfg` names,
     loaded now), or its full weights."""
     if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
         base = base if base is not None else load(cfg, hw, cache_dir, head)[0]
-        return PeftModel.from_pretrained(base, model_dir, is_trainable=True)  # its trainable count as trained
+        # its trainable count as trained; peft loads prompt- and prefix-tuning's virtual tokens frozen only
+        virtual = PeftConfig.from_pretrained(model_dir).is_prompt_learning
+        model = PeftModel.from_pretrained(base, model_dir, is_trainable=not virtual)
+        if virtual:
+            model.prompt_encoder.requires_grad_(True)
+        return model
     from omegaconf import OmegaConf
 
     saved = OmegaConf.merge(cfg, {"source": "pretrained", "path": str(model_dir)})

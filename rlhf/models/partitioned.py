@@ -118,6 +118,49 @@ def whole_weights(model, reshard_after_forward: bool = True):
                 hf_deepspeed.set_hf_deepspeed_config(held)
 
 
+def virtual_tokens_under_fsdp(model) -> None:
+    """Have a prompt-learning PEFT model (prompt or prefix tuning) save and load its virtual tokens under FSDP.
+
+    peft saves them by running the prompt encoder outside any forward, where FSDP holds its weights (part of
+    the root module's group) as shards: torch refuses the mix ("got mixed torch.Tensor and DTensor"). Each
+    such call gathers the root's group first and shards it again after (a collective: every rank saves its
+    part of a checkpoint); where the weights are whole already (no FSDP, or the run's end: gather_weights
+    leaves the root whole) nothing changes. A checkpoint's virtual tokens come back whole in every rank, and
+    each keeps its own shard of them. Nothing for other models."""
+    if not getattr(model, "_is_prompt_learning", False):
+        return
+    from torch.distributed.tensor import DTensor
+
+    save = model.get_prompt_embedding_to_save
+
+    def get_prompt_embedding_to_save(adapter_name: str):
+        if not any(isinstance(p, DTensor) for p in model.prompt_encoder[adapter_name].parameters()):
+            return save(adapter_name)
+        model.unshard()  # the root: fully_shard made the model itself an FSDPModule
+        try:
+            return save(adapter_name)
+        finally:
+            model.reshard()
+
+    model.get_prompt_embedding_to_save = get_prompt_embedding_to_save
+    for encoder in model.prompt_encoder.values():
+        encoder._load_adapter_state_dict = _loads_into_shards(encoder, encoder._load_adapter_state_dict)
+
+
+def _loads_into_shards(encoder, load):
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def load_adapter_state_dict(state_dict: dict) -> None:
+        weight = encoder.embedding.weight
+        if isinstance(weight, DTensor):  # each rank takes its own rows of the whole tensor: no communication
+            whole = state_dict["prompt_embeddings"].to(weight.device, weight.dtype)
+            shard = distribute_tensor(whole, weight.device_mesh, weight.placements, src_data_rank=None)
+            state_dict = {**state_dict, "prompt_embeddings": shard}
+        load(state_dict)
+
+    return load_adapter_state_dict
+
+
 @contextlib.contextmanager
 def whole_layers(model, reshard_after_forward: bool):
     """FSDP's layers (every sharded module but the root) gathered for the block and kept so through their
