@@ -243,17 +243,6 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
             "checkpoint)",
             "use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3",
         )
-    # FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards, and ZeRO-2 partitions only what
-    # trains: every process keeps the whole 4-bit base. ZeRO-3 partitions every weight, 4-bit storage included
-    p.check(
-        not hw.load_in_4bit or engine == "fsdp" or (engine == "deepspeed" and stage == 2),
-        "hardware.load_in_4bit",
-        hw.load_in_4bit,
-        f"under distributed={name} 4-bit weights need bnb_4bit_quant_storage set to the compute dtype (peft's "
-        "DeepSpeed QLoRA recipe), which the profile's quantization does not set",
-        "use distributed=deepspeed-zero2, fsdp or ddp (the 4-bit base whole in every process), or "
-        "hardware.load_in_4bit=false",
-    )
 
 
 def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:

@@ -80,11 +80,8 @@ def test_which_methods_each_engine_runs(make_cfg):
         assert line.endswith(
             "fix: use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3"
         )
-    for preset in ("fsdp", "deepspeed-zero2"):  # QLoRA: the 4-bit base whole in every process
+    for preset in PRESETS:  # QLoRA: the 4-bit base whole in every process, or partitioned by ZeRO-3
         validate(make_cfg(f"distributed={preset}", "hardware=cpu", "hardware.load_in_4bit=true"))
-    with pytest.raises(ConfigError) as err:
-        validate(make_cfg("distributed=deepspeed-zero3", "hardware=cpu", "hardware.load_in_4bit=true"))
-    assert err.value.problems[0].startswith("hardware.load_in_4bit=true: under distributed=deepspeed-zero3")
 
 
 def test_inside_a_launch_the_launchers_engine_decides(make_cfg, tmp_path):
@@ -354,11 +351,12 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero2"])
-def test_qlora_matches_one_process_with_the_4bit_base_whole_in_each(rlhf_cli, run_rlhf, tmp_path, engine):
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero2", "deepspeed-zero3"])
+def test_qlora_on_two_processes_matches_one_process(rlhf_cli, run_rlhf, tmp_path, engine):
     """QLoRA under FSDP2: accelerate leaves bitsandbytes' 4-bit weights out of the shards (every process holds
-    the whole 4-bit base) and shards the adapters; under ZeRO-2, which partitions only what trains, likewise.
-    The same curve and adapter as one process at the same global batch."""
+    the whole 4-bit base) and shards the adapters; under ZeRO-2, which partitions only what trains, likewise;
+    ZeRO-3 partitions every weight, the 4-bit ones (bytes) too. The same curve and adapter as one process at
+    the same global batch."""
     qlora = [*TINY, "hardware.load_in_4bit=true", "hardware.sft_batch_size=1"]
     one = tmp_path / "one"
     out = rlhf_cli(*qlora, "hardware.sft_grad_accum=2", f"hydra.run.dir={one}")
@@ -455,21 +453,23 @@ def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "engine, method",
+    "engine, extra",
     [
-        ("fsdp", "lora"),
-        ("deepspeed-zero3", "lora"),
-        ("fsdp", "prompt-tuning"),  # peft runs the prompt encoder to save it, outside any forward
-        ("fsdp", "prefix-tuning"),
+        ("fsdp", []),
+        ("deepspeed-zero3", []),
+        # peft runs the prompt encoder to save it, outside any forward
+        ("fsdp", ["method=prompt-tuning"]),
+        ("fsdp", ["method=prefix-tuning", "hardware.gradient_checkpointing=false"]),
+        ("deepspeed-zero3", ["hardware.load_in_4bit=true"]),  # QLoRA: the 4-bit base partitioned too
     ],
+    ids=["fsdp", "zero3", "fsdp-prompt-tuning", "fsdp-prefix-tuning", "zero3-qlora"],
 )
-def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp_path, engine, method):
+def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp_path, engine, extra):
     """Ctrl-C, as a terminal sends it (SIGINT to the launch's process group), at step 2 of a two-process FSDP
     (ZeRO-3) run: the launcher passes it on once, both ranks finish the step and write their shards, and the
     launch exits 130 without a traceback; resume= relaunches and ends on the uninterrupted run's curve and
     adapter."""
-    overrides = [*STOPPABLE, f"method={method}", f"distributed={engine}", "distributed.num_processes=2"]
-    overrides += ["hardware.gradient_checkpointing=false"] if method == "prefix-tuning" else []
+    overrides = [*STOPPABLE, *extra, f"distributed={engine}", "distributed.num_processes=2"]
     run, record = whole_and_stopped(run_rlhf, start_rlhf, tmp_path, overrides, 2, signal.SIGINT)
     assert 2 <= record["step"] < 30 and not (run / "model").exists()
     stopped_at = run / "checkpoints" / f"step-{record['step']}"
