@@ -232,17 +232,6 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
             f"{holder} accumulates",
             f"use a divisor of {passes}",
         )
-    virtual = methods.get(method).adapter_kind(cfg.method) in ("prompt", "prefix")
-    if engine == "deepspeed" and stage == 3:
-        p.check(
-            not virtual,
-            "distributed",
-            name,
-            f"method={method}: a checkpoint's adapter is the virtual tokens' embedding computed by a forward on "
-            "rank 0 alone, and under ZeRO-3 a forward needs every rank (the run would hang at its first "
-            "checkpoint)",
-            "use distributed=deepspeed-zero2 or distributed=ddp, or method=lora under ZeRO-3",
-        )
 
 
 def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:

@@ -225,13 +225,13 @@ def fit(trainer: Any, inputs: Any):
         upcast_trainable,
     )
     from rlhf.models.lean import make_lean
-    from rlhf.models.partitioned import virtual_tokens_under_fsdp
+    from rlhf.models.partitioned import virtual_tokens_sharded
 
     upcast_trainable(trainer.model)  # before train() builds the optimizer over these parameters
     if getattr(inputs.config, "lora_dropout", 0) > 0:  # TRL's preference trainers turn every dropout off
         set_adapter_dropout(trainer.model, inputs.config.lora_dropout)
     adapter_inputs_follow_autocast(trainer.model)
-    virtual_tokens_under_fsdp(trainer.model)
+    virtual_tokens_sharded(trainer.model)
     if inputs.hardware.lean_layers:
         make_lean(trainer.model)
     if inputs.hardware.pack_rows:

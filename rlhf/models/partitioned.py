@@ -118,23 +118,31 @@ def whole_weights(model, reshard_after_forward: bool = True):
                 hf_deepspeed.set_hf_deepspeed_config(held)
 
 
-def virtual_tokens_under_fsdp(model) -> None:
-    """Have a prompt-learning PEFT model (prompt or prefix tuning) save and load its virtual tokens under FSDP.
+def virtual_tokens_sharded(model) -> None:
+    """Have a prompt-learning PEFT model (prompt or prefix tuning) save and load its virtual tokens where FSDP
+    or ZeRO-3 holds them sharded.
 
-    peft saves them by running the prompt encoder outside any forward, where FSDP holds its weights (part of
-    the root module's group) as shards: torch refuses the mix ("got mixed torch.Tensor and DTensor"). Each
-    such call gathers the root's group first and shards it again after (a collective: every rank saves its
-    part of a checkpoint); where the weights are whole already (no FSDP, or the run's end: gather_weights
-    leaves the root whole) nothing changes. A checkpoint's virtual tokens come back whole in every rank, and
-    each keeps its own shard of them. Nothing for other models."""
+    peft saves them by running the prompt encoder outside any forward. Under FSDP its weights (part of the
+    root module's group) are shards there, which torch refuses to mix ("got mixed torch.Tensor and DTensor"):
+    each such call gathers the root's group first and shards it again after (a collective: every rank saves its
+    part of a checkpoint), and a checkpoint's tokens, whole in every rank, load into each rank's shard. Under
+    ZeRO-3 rank 0 saves alone, where a forward would wait for the other ranks' gathers forever; it is always
+    given the whole weights to save (DeepSpeed's consolidated state dict, or gather_weights'), and the tokens
+    are taken from them: the encoder's output is its embedding's rows in order, the tokens themselves. Where
+    the weights are whole (no sharding, or the run's end under FSDP: gather_weights leaves the root whole)
+    nothing changes. Nothing for other models."""
     if not getattr(model, "_is_prompt_learning", False):
         return
     from torch.distributed.tensor import DTensor
 
-    save = model.get_prompt_embedding_to_save
+    save, save_pretrained = model.get_prompt_embedding_to_save, model.save_pretrained
+    given: dict = {}
 
     def get_prompt_embedding_to_save(adapter_name: str):
-        if not any(isinstance(p, DTensor) for p in model.prompt_encoder[adapter_name].parameters()):
+        params = list(model.prompt_encoder[adapter_name].parameters())
+        if any_partitioned(params):
+            return given["state_dict"][f"prompt_encoder.{adapter_name}.embedding.weight"].detach().cpu()
+        if not any(isinstance(p, DTensor) for p in params):
             return save(adapter_name)
         model.unshard()  # the root: fully_shard made the model itself an FSDPModule
         try:
@@ -142,7 +150,15 @@ def virtual_tokens_under_fsdp(model) -> None:
         finally:
             model.reshard()
 
+    def save_pretrained_given(*args, **kwargs):
+        given["state_dict"] = kwargs.get("state_dict")
+        try:
+            return save_pretrained(*args, **kwargs)
+        finally:
+            given.clear()
+
     model.get_prompt_embedding_to_save = get_prompt_embedding_to_save
+    model.save_pretrained = save_pretrained_given
     for encoder in model.prompt_encoder.values():
         encoder._load_adapter_state_dict = _loads_into_shards(encoder, encoder._load_adapter_state_dict)
 
