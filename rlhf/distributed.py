@@ -98,8 +98,6 @@ def gather_weights(model) -> dict | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if getattr(model, "_is_prompt_learning", False):
-            model.unshard()  # the root's group whole in each rank: rank 0 runs the prompt encoder alone to save it
     else:
         return None
     if not is_main_process():

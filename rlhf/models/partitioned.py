@@ -122,15 +122,14 @@ def virtual_tokens_sharded(model) -> None:
     """Have a prompt-learning PEFT model (prompt or prefix tuning) save and load its virtual tokens where FSDP
     or ZeRO-3 holds them sharded.
 
-    peft saves them by running the prompt encoder outside any forward. Under FSDP its weights (part of the
-    root module's group) are shards there, which torch refuses to mix ("got mixed torch.Tensor and DTensor"):
-    each such call gathers the root's group first and shards it again after (a collective: every rank saves its
-    part of a checkpoint), and a checkpoint's tokens, whole in every rank, load into each rank's shard. Under
-    ZeRO-3 rank 0 saves alone, where a forward would wait for the other ranks' gathers forever; it is always
-    given the whole weights to save (DeepSpeed's consolidated state dict, or gather_weights'), and the tokens
-    are taken from them: the encoder's output is its embedding's rows in order, the tokens themselves. Where
-    the weights are whole (no sharding, or the run's end under FSDP: gather_weights leaves the root whole)
-    nothing changes. Nothing for other models."""
+    peft saves the tokens by running the prompt encoder outside any forward, where FSDP holds its weights as
+    shards (torch refuses to mix them: "got mixed torch.Tensor and DTensor") and ZeRO-3 would gather them,
+    which rank 0 saving alone waits for forever. The encoder's output is its embedding's rows in order, the
+    tokens themselves, so they are taken whole instead: from the whole weights the save is given (DeepSpeed's
+    consolidated state dict, gather_weights'), or, for an FSDP checkpoint that every rank saves, gathered from
+    the shards (a collective), at their own dtype (FSDP's gather for a forward would be bf16 under bf16). A
+    checkpoint's tokens, whole in every rank, load into each rank's shard. Nothing changes where they are
+    whole, nor for other models."""
     if not getattr(model, "_is_prompt_learning", False):
         return
     from torch.distributed.tensor import DTensor
@@ -139,16 +138,21 @@ def virtual_tokens_sharded(model) -> None:
     given: dict = {}
 
     def get_prompt_embedding_to_save(adapter_name: str):
-        params = list(model.prompt_encoder[adapter_name].parameters())
-        if any_partitioned(params):
-            return given["state_dict"][f"prompt_encoder.{adapter_name}.embedding.weight"].detach().cpu()
-        if not any(isinstance(p, DTensor) for p in params):
+        weight = model.prompt_encoder[adapter_name].embedding.weight
+        sharded = isinstance(weight, DTensor)
+        if not (sharded or any_partitioned([weight])):
             return save(adapter_name)
-        model.unshard()  # the root: fully_shard made the model itself an FSDPModule
-        try:
-            return save(adapter_name)
-        finally:
-            model.reshard()
+        state = given.get("state_dict")
+        if state is None and not sharded:
+            raise RuntimeError(
+                "ZeRO-3: the virtual tokens are saved from the whole weights save_pretrained is given"
+            )
+        whole = (
+            weight.full_tensor()
+            if state is None
+            else state[f"prompt_encoder.{adapter_name}.embedding.weight"]
+        )
+        return whole.detach().cpu()
 
     def save_pretrained_given(*args, **kwargs):
         given["state_dict"] = kwargs.get("state_dict")
