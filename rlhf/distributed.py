@@ -230,6 +230,20 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
             f"{holder} accumulates",
             f"use a divisor of {passes}",
         )
+    # FSDP (its mixed precision policy) and DeepSpeed cast every floating-point weight to the dtype they compute
+    # in; 4-bit values packed in another float dtype would come out rewritten. Bytes are never cast
+    storage, precision = hw.bnb_4bit_quant_storage, hw.precision
+    compute = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(
+        precision
+    )  # auto: checked once resolved
+    p.check(
+        not hw.load_in_4bit or storage == "uint8" or compute is None or storage == compute,
+        "hardware.bnb_4bit_quant_storage",
+        storage,
+        f"under distributed={name} at precision {precision} every floating-point weight is cast to {compute}, "
+        f"which rewrites 4-bit values packed in {storage}",
+        f"hardware.bnb_4bit_quant_storage={compute}, or uint8",
+    )
 
 
 def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Problems) -> None:

@@ -136,10 +136,15 @@ def concrete_precision(hw: Any) -> str:
 
 
 def dtype(name: str):
-    """float32 / bfloat16 / float16 -> the torch dtype."""
+    """float32 / bfloat16 / float16 / uint8 -> the torch dtype."""
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "uint8": torch.uint8,
+    }[name]
 
 
 def device(hw: Any) -> str:
@@ -159,4 +164,5 @@ def quantization(hw: Any, params_b: float):
         bnb_4bit_quant_type=hw.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=hw.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=dtype(hw.bnb_4bit_compute_dtype),
+        bnb_4bit_quant_storage=dtype(hw.bnb_4bit_quant_storage),
     )

@@ -110,6 +110,10 @@ class HardwareConfig:
     bnb_4bit_quant_type: str = MISSING
     bnb_4bit_use_double_quant: bool = MISSING
     bnb_4bit_compute_dtype: str = MISSING
+    # what the 4-bit values are packed in: uint8 (bitsandbytes' own), or the float dtype the weights compute in,
+    # which FSDP can shard (the maintainers' FSDP-QLoRA recipe); under fsdp uint8 keeps the 4-bit base whole in
+    # each process
+    bnb_4bit_quant_storage: str = "uint8"
     sft_batch_size: int = MISSING
     sft_grad_accum: int = MISSING
     pref_batch_size: int = MISSING  # rm / dpo

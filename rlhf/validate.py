@@ -92,6 +92,7 @@ def validate(cfg: DictConfig) -> None:
     p.one_of("hardware.model_dtype", h.model_dtype, (*DTYPES, "auto"))
     p.one_of("hardware.bnb_4bit_compute_dtype", h.bnb_4bit_compute_dtype, DTYPES)
     p.one_of("hardware.bnb_4bit_quant_type", h.bnb_4bit_quant_type, QUANT_TYPES)
+    p.one_of("hardware.bnb_4bit_quant_storage", h.bnb_4bit_quant_storage, ("uint8", *DTYPES))
     for key in ("sft_batch_size", "sft_grad_accum", "pref_batch_size", "pref_grad_accum", "checkpoint_keep"):
         p.positive(f"hardware.{key}", h[key], "4")
     for key in ("head_tile_tokens", "head_tile_vocab"):

@@ -77,6 +77,18 @@ def test_which_methods_each_engine_runs(make_cfg):
             )
     for preset in PRESETS:  # QLoRA: the 4-bit base whole in every process, or partitioned by ZeRO-3
         validate(make_cfg(f"distributed={preset}", "hardware=cpu", "hardware.load_in_4bit=true"))
+    # packed in a float dtype (FSDP shards them): the dtype FSDP and DeepSpeed cast every float weight to
+    packed = ["hardware=a100", "hardware.load_in_4bit=true"]
+    validate(make_cfg("distributed=fsdp", *packed, "hardware.bnb_4bit_quant_storage=bfloat16"))
+    validate(make_cfg("distributed=ddp", *packed, "hardware.bnb_4bit_quant_storage=float32"))
+    for preset in ("fsdp", "deepspeed-zero3"):
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg(f"distributed={preset}", *packed, "hardware.bnb_4bit_quant_storage=float32"))
+        assert err.value.problems == [
+            f"hardware.bnb_4bit_quant_storage=float32: under distributed={preset} at precision bf16 every "
+            "floating-point weight is cast to bfloat16, which rewrites 4-bit values packed in float32; fix: "
+            "hardware.bnb_4bit_quant_storage=bfloat16, or uint8"
+        ]
 
 
 def test_inside_a_launch_the_launchers_engine_decides(make_cfg, tmp_path):
@@ -346,13 +358,18 @@ def test_lora_sft_on_two_processes_matches_one_process_at_the_same_global_batch(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["fsdp", "deepspeed-zero2", "deepspeed-zero3"])
-def test_qlora_on_two_processes_matches_one_process(rlhf_cli, run_rlhf, tmp_path, engine):
-    """QLoRA under FSDP2: accelerate leaves bitsandbytes' 4-bit weights out of the shards (every process holds
-    the whole 4-bit base) and shards the adapters; under ZeRO-2, which partitions only what trains, likewise;
-    ZeRO-3 partitions every weight, the 4-bit ones (bytes) too. The same curve and adapter as one process at
-    the same global batch."""
+@pytest.mark.parametrize(
+    "engine, storage",
+    [("fsdp", "uint8"), ("fsdp", "float32"), ("deepspeed-zero2", "uint8"), ("deepspeed-zero3", "uint8")],
+)
+def test_qlora_on_two_processes_matches_one_process(rlhf_cli, run_rlhf, tmp_path, engine, storage):
+    """QLoRA under FSDP2: accelerate leaves bitsandbytes' byte-packed 4-bit weights out of the shards (every
+    process holds the whole 4-bit base) and shards the adapters; packed in float32 (the precision here), FSDP
+    shards them too, and bitsandbytes gives each gathered weight its quantization state back. Under ZeRO-2,
+    which partitions only what trains, the 4-bit base is whole in each; ZeRO-3 partitions every weight, the
+    4-bit bytes too. The same curve and adapter as one process at the same global batch."""
     qlora = [*TINY, "hardware.load_in_4bit=true", "hardware.sft_batch_size=1"]
+    qlora += [f"hardware.bnb_4bit_quant_storage={storage}"]
     one = tmp_path / "one"
     out = rlhf_cli(*qlora, "hardware.sft_grad_accum=2", f"hydra.run.dir={one}")
     assert out.returncode == 0, out.stderr[-3000:]

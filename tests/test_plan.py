@@ -155,6 +155,17 @@ def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_shards_the_rest(make_
     }
 
 
+def test_qlora_packed_in_a_float_dtype_is_sharded_by_fsdp_as_the_rest(make_cfg):
+    """hardware.bnb_4bit_quant_storage=bfloat16: FSDP shards the 4-bit weights too, and gathers a layer's."""
+    args = ("model=mistral-7b", "hardware=rtx4060-8gb", "method=lora")
+    one = estimate(make_cfg, *args, "hardware.bnb_4bit_quant_storage=bfloat16")
+    four = plan.terms(one.shape, one.hw, one.work, "fsdp", 4)
+    assert term(four, "weights") == pytest.approx(term(one, "weights") / 4)
+    assert "gathered layers" in {t.name for t in four.terms}
+    whole = plan.terms(one.shape, estimate(make_cfg, *args).hw, one.work, "fsdp", 4)
+    assert term(four, "weights") < term(whole, "weights")
+
+
 def test_fsdp_counts_the_roots_group_gathered_for_each_pass(make_cfg):
     """accelerate shards each decoder layer, then the model itself: FSDP2 gathers that root group (the embeddings,
     an untied output layer) for a whole forward and backward, beside the shard each process keeps."""

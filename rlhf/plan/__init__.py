@@ -509,8 +509,10 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         opt_per += 4  # DeepSpeed's optimizer keeps float32 master weights of 16-bit parameters
     optimizer = trainable * opt_per
 
-    # FSDP2 (accelerate) leaves bitsandbytes' 4-bit weights out of its shards: each process holds them whole
-    whole = shape.quantizable * qbytes if quantized and engine == "fsdp" else 0
+    # FSDP2 (accelerate) leaves bitsandbytes' byte-packed 4-bit weights out of its shards: each process holds
+    # them whole; packed in a float dtype (hardware.bnb_4bit_quant_storage) they are sharded as the rest
+    packed_in_bytes = hw.bnb_4bit_quant_storage == "uint8"
+    whole = shape.quantizable * qbytes if quantized and engine == "fsdp" and packed_in_bytes else 0
     out = [
         Term(
             "weights",
