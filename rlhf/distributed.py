@@ -213,7 +213,7 @@ def in_effect(cfg: DictConfig) -> tuple[str, str, int]:
 def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
     """The method x engine rules, added to `p` (rlhf.validate.check_method_and_profile calls this on the
     composed profile, and the run again on the one hardware=auto picked)."""
-    name, engine, stage = in_effect(cfg)
+    name, engine, _ = in_effect(cfg)
     if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
         return
     method = cfg.method.name
@@ -232,10 +232,9 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
         )
     # FSDP (its mixed precision policy) and DeepSpeed cast every floating-point weight to the dtype they compute
     # in; 4-bit values packed in another float dtype would come out rewritten. Bytes are never cast
+    # (precision auto: checked again on the resolved profile)
     storage, precision = hw.bnb_4bit_quant_storage, hw.precision
-    compute = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(
-        precision
-    )  # auto: checked once resolved
+    compute = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(precision)
     p.check(
         not hw.load_in_4bit or storage == "uint8" or compute is None or storage == compute,
         "hardware.bnb_4bit_quant_storage",
