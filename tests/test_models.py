@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import torch
 
 from rlhf import hardware, models, plan
-from tests.conftest import largest_tensor, positions_through, sdpa_calls
+from tests.conftest import ROOT, largest_tensor, positions_through, sdpa_calls
 
 
 def test_tiny_model_is_built_once_and_reused(make_cfg):
@@ -79,6 +81,50 @@ def test_a_virtual_token_adapter_reloads_as_trained_with_its_tokens_trainable(ti
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         torch.testing.assert_close(tuned(ids).logits, reloaded(ids).logits)
+
+
+SHARDED_PROMPT = """
+import sys
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+from peft import PromptTuningConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from torch.distributed.fsdp import fully_shard
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from rlhf.models.partitioned import virtual_tokens_sharded
+
+config = LlamaConfig(
+    vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    num_key_value_heads=2,
+)
+tuned = get_peft_model(LlamaForCausalLM(config), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+virtual_tokens_sharded(tuned)
+fully_shard(tuned)
+weight = tuned.prompt_encoder["default"].embedding.weight
+saved = get_peft_model_state_dict(tuned)["prompt_embeddings"]
+assert type(saved) is torch.Tensor and torch.equal(saved, weight.full_tensor()), "saved"
+new = torch.randn_like(saved)
+set_peft_model_state_dict(tuned, {"prompt_embeddings": new})
+assert torch.equal(tuned.prompt_encoder["default"].embedding.weight.full_tensor(), new), "loaded"
+print("saved and loaded")
+"""
+
+
+def test_virtual_tokens_save_and_load_where_fsdp_shards_them(tmp_path):
+    """peft's own save and load of prompt tuning's tokens on a model FSDP2 shards (one gloo process, in a
+    process of its own): peft runs the prompt encoder on the shards (torch: "got mixed torch.Tensor and
+    DTensor") unless rlhf.models.partitioned.virtual_tokens_sharded takes them whole; the whole tokens load
+    into the shards."""
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED_PROMPT, str(tmp_path / "group")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0 and "saved and loaded" in out.stdout, out.stderr[-3000:]
 
 
 def _loss_and_grads(model, ids, autocast: bool):
