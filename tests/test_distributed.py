@@ -484,7 +484,7 @@ def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does
         "zero3-prompt-tuning",
         "zero3-prefix-tuning",
         "zero3-qlora",
-    ],  # fmt: skip
+    ],
 )
 def test_a_stopped_sharded_run_resumes_to_the_same_end(run_rlhf, start_rlhf, tmp_path, engine, extra):
     """Ctrl-C, as a terminal sends it (SIGINT to the launch's process group), at step 2 of a two-process FSDP
@@ -623,8 +623,8 @@ def weights(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_ppo_under_fsdp_and_deepspeed_follows_ddp(run_rlhf, tmp_path):
-    """Our PPO's own accelerate loop under FSDP (each decoder layer gathers its weights at every decoding step,
-    the root's at each pass; checkpoints hold the adapter and the optimizer whole), ZeRO-2, ZeRO-3 (whose
+    """Our PPO's own accelerate loop under FSDP (every decoder layer gathered once for a rollout, the root's
+    group at each pass; checkpoints hold the adapter and the optimizer whole), ZeRO-2, ZeRO-3 (whose
     weights each rank gathers to sample, and saves gathered) and ZeRO-3 with offload (DeepSpeed's AdamW with
     ours' settings): the same rollouts, losses and weights as ddp, to reduction order. Under ZeRO each rank
     checkpoints its part of the optimizer."""
