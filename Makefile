@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "from rlhf import runtime as r; any(map(r.find_allocator, r.ALLOCATORS)) or print(r.NO_ALLOCATOR)"
 	@touch $(STAMP)
 
-.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan bench-footprint bench-activations clean
+.PHONY: help setup run test test-slow lint format bench bench-eval bench-ppo bench-checkpoint bench-resume bench-packing bench-plan bench-footprint bench-activations bench-in-backward clean
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
@@ -77,6 +77,9 @@ bench-footprint: $(STAMP) ## peak memory of each method's training on the embedd
 
 bench-activations: $(STAMP) ## what a DPO forward keeps for backward, by the line that saved it, beside the plan's term
 	$(PY) bench/activations.py
+
+bench-in-backward: $(STAMP) ## full fine-tuning's step time, the optimizer after backward vs in backward, alternating
+	$(PY) bench/in_backward.py
 
 clean: ## remove .venv and caches (never outputs/)
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -12,7 +12,8 @@ are side by side in one table: tcmalloc or jemalloc (preloaded: rlhf.runtime.pre
 glibc's malloc as the run tunes it (`tuned`), and glibc's own thresholds (`glibc`: MALLOC_MMAP_THRESHOLD_ /
 MALLOC_TRIM_THRESHOLD_ set, which the tuning respects). The default: what a run uses on this machine
 (tcmalloc where it is installed) beside tuned glibc. `--against hardware.lean_layers=false` adds a run of
-each method with that override (on the first allocator), so a setting's memory and speed are side by side too.
+each method with that override (on the first allocator), so a setting's memory and speed are side by side too;
+one --against may hold several, space-separated (`--against "hardware.optim=adafactor hardware.sft_batch_size=2"`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def main() -> None:
         "else tuned,glibc)",
     )
     parser.add_argument(
-        "--against", action="append", default=[], help="an override each method also runs with (repeatable)"
+        "--against",
+        action="append",
+        default=[],
+        help="overrides each method also runs with, space-separated in one argument (repeatable)",
     )
     parser.add_argument("overrides", nargs="*", help="extra overrides for every run")
     args = parser.parse_args()
@@ -111,7 +115,7 @@ def main() -> None:
         parser.error(f"--malloc {','.join(unknown)}: not one of {', '.join(MALLOCS)}")
     envs = {mode: {**os.environ, **MALLOCS[mode]} for mode in modes}
     # (label, allocator, extra overrides): every allocator, then each --against on the first one
-    variants = [(m, m, []) for m in modes] + [(a, modes[0], [a]) for a in args.against]
+    variants = [(m, m, []) for m in modes] + [(a, modes[0], a.split()) for a in args.against]
     width = max(8, *(len(v[0]) for v in variants))
     print(f"machine: {cpu()}; {args.steps} steps per run; overrides: {' '.join(args.overrides) or 'none'}")
     idle = {mode: idle_mb(envs[mode]) for mode in modes}

@@ -194,6 +194,7 @@ PUBLISHED = [
 
 RUN_CASES = {
     "sft": ["method=sft", "method.max_steps=2"],
+    "sft-low-memory": ["experiment=sft-low-memory", "method.max_steps=2"],
     "lora": ["method=lora", "method.max_steps=2"],
     "qlora": ["method=lora", "hardware.load_in_4bit=true", "method.max_steps=2"],
     "dpo": ["method=dpo", "method.max_steps=2"],

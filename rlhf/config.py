@@ -107,7 +107,7 @@ def compose(overrides: list[str], config_name: str = "config", **kwargs: Any) ->
 
 def resolve_hardware(node: DictConfig, overrides: list[str] | None = None, frozen_base: bool = True):
     """The run's profile as a typed object: hardware=auto becomes the profile this machine gets, with the
-    user's hardware.* overrides applied to it, as if they had asked for it.
+    user's hardware.* overrides (and an experiment's) applied to it, as if they had asked for it.
 
     `overrides`: the command line's, where no Hydra app is running (an app's own are read from Hydra).
     `frozen_base`: rlhf.methods.frozen_base of the run's method, False where the base must stay float32
@@ -119,6 +119,8 @@ def resolve_hardware(node: DictConfig, overrides: list[str] | None = None, froze
 
     if node.name == "auto":
         given = HydraConfig.get().overrides.task if HydraConfig.initialized() else overrides or []
-        keys = [o for o in given if o.lstrip("+~").startswith("hardware.")]
-        node = compose([f"hardware={hardware.detect()}", *keys]).hardware
+        # the run's overrides again on the profile this machine gets: its hardware.* keys, and those an
+        # experiment sets (experiment=sft-low-memory's optimizer), which a profile picked alone would lose
+        kept = [o for o in given if o.lstrip("+~").split("=", 1)[0] != "hardware"]
+        node = compose([*kept, f"hardware={hardware.detect()}"]).hardware
     return hardware.resolve(node, frozen_base)

@@ -139,6 +139,10 @@ class HardwareConfig:
     # nothing quantizes and the optimizer is torch's, DeepSpeed outside a DeepSpeed launch, wandb with
     # logger=none (~85 MB of a CPU process; rlhf.runtime.leave_out). The cpu profile sets it.
     lean_imports: bool = False
+    # each weight is updated in backward once its gradient is whole, and the gradient freed then
+    # (rlhf.models.in_backward): full fine-tuning holds one weight's gradient instead of all of them. No clipping
+    # by the global norm (method.max_grad_norm=0), no accumulation, one process.
+    optimizer_in_backward: bool = False
     # the device's memory in GiB (2**30 bytes, as torch reports it) that `rlhf.plan` compares its estimate with;
     # null: the machine's RAM (cpu). On a GPU itself, the run compares with the GPU's own memory instead.
     memory_gb: float | None = MISSING

@@ -25,6 +25,20 @@ DEVICES = ("cpu", "cuda", "auto")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 QUANT_TYPES = ("nf4", "fp4")
+# hardware.optim values (transformers' names, by prefix) whose update of a weight reads only that weight's
+# gradient and state: hardware.optimizer_in_backward can run them one weight at a time
+PER_WEIGHT = (
+    "adamw_torch",
+    "adafactor",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "lion",
+    "paged_",
+    "adamw_bnb",
+    "adamw_8bit",
+)
+PER_WEIGHT += ("ademamix",)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -221,6 +235,64 @@ def check_method_and_profile(cfg: DictConfig, h, p: Problems) -> None:
     if hasattr(method, "check_hardware"):
         method.check_hardware(t, h, p)
     distributed.check(cfg, h, p)  # the method under the engine in effect (the preset's, or the launch's)
+    if h.optimizer_in_backward:
+        check_in_backward(cfg, h, p)
+
+
+def check_in_backward(cfg: DictConfig, h, p: Problems) -> None:
+    """hardware.optimizer_in_backward=true (rlhf.models.in_backward): what a step cannot do once each weight
+    is updated in backward, as soon as its gradient is whole."""
+    t = cfg.method
+    why = "hardware.optimizer_in_backward=true updates each weight in backward"
+    off = "hardware.optimizer_in_backward=false"
+    p.check(
+        t.name not in distributed.OWN_LOOP,
+        "method",
+        t.name,
+        f"{why}, through the trainer's optimizer: method={t.name} steps its own in its own loop",
+        f"set {off}",
+    )
+    p.check(
+        t.max_grad_norm == 0,
+        "method.max_grad_norm",
+        t.max_grad_norm,
+        f"{why}, before the next gradient exists: nothing can clip by the norm of all of them",
+        f"set method.max_grad_norm=0 (no clipping), or {off}",
+    )
+    keys = methods.batch_keys(methods.get(t.name))
+    if keys is not None:
+        batch, accum = (getattr(h, key) for key in keys)  # h: the composed node, or the resolved profile
+        p.check(
+            accum == 1,
+            f"hardware.{keys[1]}",
+            accum,
+            f"{why}, at every micro-batch: gradients cannot accumulate",
+            f"set hardware.{keys[1]}=1 (with hardware.{keys[0]}={batch * accum}: the same batch), or {off}",
+        )
+    p.check(
+        h.precision != "fp16",
+        "hardware.precision",
+        h.precision,
+        f"{why}: fp16's loss scaler must see every gradient before any update",
+        f"use bf16 or fp32, or {off}",
+    )
+    name, engine, _ = distributed.in_effect(cfg)
+    p.check(
+        engine == "none",
+        "distributed",
+        name,
+        f"{why}: each process would update before the gradients are averaged across processes",
+        f"use distributed=none, or {off}",
+    )
+    p.check(
+        h.optim.startswith(PER_WEIGHT) and "layerwise" not in h.optim,
+        "hardware.optim",
+        h.optim,
+        f"{why}, one weight at a time: this optimizer's step is not known to update each weight on its own "
+        "(schedule-free ones count steps per group; lomo, adalomo and GaLore's layerwise ones step in backward "
+        "themselves)",
+        f"use adamw_torch_fused, adafactor, sgd or a bitsandbytes optimizer, or set {off}",
+    )
 
 
 def check_resolved_profile(cfg: DictConfig, hw) -> None:

@@ -30,11 +30,17 @@ SMALL = {  # the RL methods' rollouts, shrunk to a few completions
     "grpo": ["method.num_generations=2"],
     "rloo": ["method.num_generations=2"],
 }
+# settings with a checkpoint of their own kind: the optimizer stepped in backward (rlhf.models.in_backward)
+VARIANTS = {
+    "sft-in-backward": ["method=sft", "hardware.optimizer_in_backward=true", "method.max_grad_norm=0"]
+}
 # what each step logs that must come out the same: the loss, and the rewards and KL where a method has them
 COMPARED = ("loss", "reward", "kl", "rewards/margins", "grad_norm")
 
 
 def args_for(method: str) -> list[str]:
+    if method in VARIANTS:
+        return [*BASE, *VARIANTS[method]]
     return [*BASE, f"method={method}", *SMALL.get(method, [])]
 
 
@@ -92,7 +98,8 @@ def assert_same_end(resumed: Path, whole: Path) -> None:
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-FAST_RESUME = ("lora", "dpo", "ppo")  # one of each kind in the fast tier: adapter SFT, preferences, our RL
+# one of each kind in the fast tier: adapter SFT, preferences, our RL, the optimizer stepped in backward
+FAST_RESUME = ("lora", "dpo", "ppo", "sft-in-backward")
 
 
 def resume_marks(method: str) -> list:
@@ -101,7 +108,9 @@ def resume_marks(method: str) -> list:
     return [] if method in FAST_RESUME else [pytest.mark.slow]
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=resume_marks(m)) for m in methods.names()])
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=resume_marks(m)) for m in [*methods.names(), *VARIANTS]]
+)
 def test_a_run_stopped_by_a_signal_resumes_to_the_same_end(method, rlhf_cli, uninterrupted, tmp_path):
     """SIGINT (here, to this process, at step 2) finishes the step, checkpoints and stops; resume= continues."""
     run_dir = tmp_path / "stopped"

@@ -22,6 +22,7 @@ def alpaca(n: int) -> str:
 
 
 # (id, overrides (tmp -> list), text the error line must contain)
+IN_BACKWARD = ["hardware=cpu", "hardware.optimizer_in_backward=true", "method.max_grad_norm=0"]
 CASES = [
     (
         "unknown-group-option",
@@ -135,6 +136,31 @@ CASES = [
         "paged-optimizer-on-cpu",
         lambda t: ["hardware=cpu", "hardware.optim=paged_adamw_8bit"],
         "paged optimizers need CUDA",
+    ),
+    (
+        "optimizer-in-backward-with-clipping",
+        lambda t: ["method=sft", "hardware=cpu", "hardware.optimizer_in_backward=true"],
+        "method.max_grad_norm=1.0: hardware.optimizer_in_backward=true updates each weight in backward, before "
+        "the next gradient exists: nothing can clip by the norm of all of them; fix: set method.max_grad_norm=0",
+    ),
+    (
+        "optimizer-in-backward-with-accumulation",
+        lambda t: ["method=dpo", *IN_BACKWARD],
+        "hardware.pref_grad_accum=2: hardware.optimizer_in_backward=true updates each weight in backward, at "
+        "every micro-batch: gradients cannot accumulate; fix: set hardware.pref_grad_accum=1 (with "
+        "hardware.pref_batch_size=4: the same batch)",
+    ),
+    (
+        "optimizer-in-backward-under-ddp",
+        lambda t: ["method=sft", *IN_BACKWARD, "distributed=ddp"],
+        "distributed=ddp: hardware.optimizer_in_backward=true updates each weight in backward: each process "
+        "would update before the gradients are averaged across processes; fix: use distributed=none",
+    ),
+    (
+        "optimizer-in-backward-in-ppo",
+        lambda t: ["method=ppo", *IN_BACKWARD],
+        "method=ppo: hardware.optimizer_in_backward=true updates each weight in backward, through the "
+        "trainer's optimizer: method=ppo steps its own in its own loop",
     ),
     (
         "unreadable-model-path",

@@ -34,6 +34,17 @@ def test_auto_resolves_to_this_machines_profile_with_the_users_keys(make_cfg):
     assert hw.name == hardware.detect() and hw.max_seq_length == 128
 
 
+def test_auto_keeps_the_hardware_keys_an_experiment_sets(make_cfg):
+    """experiment=sft-low-memory under hardware=auto: the picked profile gets the experiment's optimizer,
+    checkpointing and optimizer in backward, and a command line key still wins over the experiment's."""
+    from rlhf import config
+
+    given = ["experiment=sft-low-memory", "hardware.gradient_checkpointing=false"]
+    hw = config.resolve_hardware(make_cfg(*given).hardware, given)
+    assert hw.name == hardware.detect()
+    assert (hw.optim, hw.optimizer_in_backward, hw.gradient_checkpointing) == ("adafactor", True, False)
+
+
 def test_auto_picks_cpu_without_cuda():
     import torch
 

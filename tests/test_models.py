@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rlhf import hardware, models, plan
@@ -85,6 +86,7 @@ def test_a_virtual_token_adapter_reloads_as_trained_with_its_tokens_trainable(ti
 
 SHARDED_PROMPT = """
 import sys
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -478,3 +480,82 @@ def test_lean_layers_apply_to_a_4bit_base_with_the_same_gradients(tiny):
     ids = torch.randint(5, base.config.vocab_size, (2, 24))
     kept_a, kept_b = _same_loss_and_grads(plain, lean, ids, autocast=True)
     assert kept_b < kept_a
+
+
+# --------------------------------------------------------------------------- hardware.optimizer_in_backward
+
+
+def sft_run(make_cfg, tiny, run_dir, *overrides, steps=6):
+    """method=sft on the tiny model without clipping: (its logged rows, the trained weights, peak gradients)."""
+    from rlhf import data
+    from rlhf.methods import sft
+    from tests.conftest import Rows, make_inputs
+
+    cfg = make_cfg(
+        "model=tiny",
+        "hardware=cpu",
+        "method=sft",
+        f"method.max_steps={steps}",
+        "method.learning_rate=3e-3",
+        "method.max_grad_norm=0",
+        "hardware.sft_batch_size=2",
+        *overrides,
+    )
+    model, tokenizer = tiny()
+    weights = list(model.parameters())
+    held: list[int] = []  # the gradient elements alive as each weight's gradient is whole, in every backward
+
+    def count(_):
+        held.append(sum(q.grad.numel() for q in weights if q.grad is not None))
+
+    for p in weights:
+        p.register_post_accumulate_grad_hook(count)
+    rows = data.load(cfg.data, sft.DATA_FORMATS, "sft").rows[:24]
+    metrics = Rows()
+    result = sft.train(make_inputs(cfg, model, tokenizer, rows, run_dir, metrics=metrics))
+    trained = {n: p.detach().clone() for n, p in result.model.named_parameters()}
+    return [r for r in metrics.rows if "loss" in r], trained, max(held)
+
+
+def test_optimizer_in_backward_trains_as_the_usual_step_holding_one_gradient_at_a_time(
+    make_cfg, tiny, tmp_path
+):
+    """The same losses, gradient norms and weights as the optimizer stepped after backward, with at most one
+    weight's gradient alive instead of all of them."""
+    usual, usual_weights, usual_held = sft_run(make_cfg, tiny, tmp_path / "usual")
+    fused, fused_weights, fused_held = sft_run(
+        make_cfg, tiny, tmp_path / "fused", "hardware.optimizer_in_backward=true"
+    )
+    assert [r["loss"] for r in fused] == [r["loss"] for r in usual]
+    assert [r["grad_norm"] for r in fused] == pytest.approx([r["grad_norm"] for r in usual], rel=1e-5)
+    assert all(r["grad_norm"] > 0 for r in fused)
+    for name, weight in usual_weights.items():
+        torch.testing.assert_close(fused_weights[name], weight, rtol=0, atol=0, msg=name)
+    total = sum(w.numel() for w in usual_weights.values())
+    largest = max(w.numel() for w in usual_weights.values())
+    assert usual_held == total  # the usual step: every gradient alive at the end of backward
+    assert (
+        fused_held == largest < total
+    )  # in backward: one weight's gradient, the others freed or yet to come
+
+
+def test_the_low_memory_sft_preset_steps_adafactor_in_backward(rlhf_cli, tmp_path):
+    """experiment=sft-low-memory validates and trains (gradient checkpointing too): its checkpoint holds
+    Adafactor's factored moments (a row and a column per matrix, not AdamW's two full ones), and the logged
+    gradient norm is the hooks' (above 0: the trainer's own sees no gradient left)."""
+    run_dir = tmp_path / "run"
+    out = rlhf_cli(
+        "experiment=sft-low-memory",
+        "model=tiny",
+        "eval=none",
+        "logger=none",
+        "method.max_steps=2",
+        "checkpoint.every=1",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["grad_norm"] > 0 for r in rows if "loss" in r] == [True, True]
+    state = torch.load(run_dir / "checkpoints" / "step-2" / "optimizer.pt", weights_only=True)["state"]
+    matrices = [s for s in state.values() if "exp_avg_sq_row" in s]
+    assert matrices and all("exp_avg" not in s for s in state.values())

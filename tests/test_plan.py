@@ -347,3 +347,19 @@ def test_the_gpu_record_is_none_without_cuda():
         assert set(record) == {"name", "memory_gb"} and record["memory_gb"] > 0
     else:
         assert hardware.gpu() is None
+
+
+def test_the_optimizer_stepped_in_backward_holds_one_weights_gradient(make_cfg):
+    """hardware.optimizer_in_backward=true: the gradients term is the largest trainable weight's (the embedding,
+    for full fine-tuning), not every weight's; one process only (the rule refuses it under an engine)."""
+    usual = estimate(make_cfg, "model=mistral-7b", "hardware=a100", "method=sft")
+    fused = estimate(
+        make_cfg, "model=mistral-7b", "hardware=a100", "method=sft", "hardware.optimizer_in_backward=true"
+    )
+    s = fused.shape
+    largest = max(s.vocab * s.hidden, *(i * o for _, i, o in s.linear))
+    assert term(fused, "gradients") == largest * plan.DTYPE_BYTES[fused.hw.model_dtype]
+    assert term(usual, "gradients") > 50 * term(fused, "gradients")
+    assert usual.total - fused.total == pytest.approx(term(usual, "gradients") - term(fused, "gradients"))
+    under_ddp = plan.terms(s, fused.hw, fused.work, "ddp", 2)
+    assert term(under_ddp, "gradients") == term(usual, "gradients")

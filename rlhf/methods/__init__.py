@@ -16,6 +16,8 @@ A method module (any module or package here whose name does not start with `_`) 
     PACKING       optional: True where it trains on packed rows (data.packing=true)
     SIGNALS       optional: {monitor signal: the key it logs} for the monitor group's rules (rlhf.monitor)
 
+A method's batch comes from the profile's sft_* or pref_* keys, by its data formats (`batch_keys`).
+
 Adding a method is its module and its YAML: the schema store, validation, `--help`, the run's table and
 `rlhf.compare` read this registry. The module's surface imports nothing heavy (TRL, peft and torch are
 imported inside `train`): `python -m rlhf --cfg job` and `validate` never import torch.
@@ -114,6 +116,20 @@ def frozen_base(m) -> bool:
     (rlhf.hardware.concrete_model_dtype); a module that measured worse that way sets BASE_16BIT = False."""
     module = get(m.name)
     return module.adapter_kind(m) is not None and getattr(module, "BASE_16BIT", True)
+
+
+PREFERENCE_FORMATS = frozenset({"preference", "implicit_preference", "unpaired"})
+
+
+def batch_keys(module: ModuleType) -> tuple[str, str] | None:
+    """The profile keys of the method's per-device batch and gradient accumulation: the pref_* pair for the
+    methods on preference rows (rm, dpo, kto), else the sft_* pair; None where the method's own keys set its
+    batch (ppo, grpo and rloo, on prompts)."""
+    formats = set(module.DATA_FORMATS)
+    if "prompts" in formats:
+        return None
+    kind = "pref" if formats & PREFERENCE_FORMATS else "sft"
+    return f"{kind}_batch_size", f"{kind}_grad_accum"
 
 
 def result_keys() -> list[str]:

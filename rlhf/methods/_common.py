@@ -30,7 +30,13 @@ def check_training(m: Any, p: Problems) -> None:
     p.check(
         0 <= m.warmup_ratio < 1, "method.warmup_ratio", m.warmup_ratio, "must be in [0, 1)", "use e.g. 0.03"
     )
-    p.positive("method.max_grad_norm", m.max_grad_norm, "1.0")
+    p.check(
+        m.max_grad_norm >= 0,
+        "method.max_grad_norm",
+        m.max_grad_norm,
+        "must be >= 0",
+        "use e.g. 1.0, or 0 for no clipping",
+    )
     p.positive("method.logging_steps", m.logging_steps, "1")
     p.check(
         m.eval_steps >= 0,
@@ -220,6 +226,7 @@ def fit(trainer: Any, inputs: Any):
     (rlhf.models, rlhf.models.lean)."""
     from rlhf.models import (
         adapter_inputs_follow_autocast,
+        in_backward,
         pack_padded_rows,
         set_adapter_dropout,
         upcast_trainable,
@@ -234,6 +241,7 @@ def fit(trainer: Any, inputs: Any):
     virtual_tokens_sharded(trainer.model)
     if inputs.hardware.lean_layers:
         make_lean(trainer.model)
+    unhook = in_backward.install(trainer) if inputs.hardware.optimizer_in_backward else None
     if inputs.hardware.pack_rows:
         pack_padded_rows(trainer.model)
         if getattr(trainer, "ref_model", None) is not None:  # a frozen copy: its passes packed alike
@@ -241,7 +249,11 @@ def fit(trainer: Any, inputs: Any):
     head_tiles(inputs.hardware)
     plan = inputs.checkpoints
     resume = str(plan.resume_from) if plan is not None and plan.resume_from is not None else None
-    return trainer.train(resume_from_checkpoint=resume)
+    try:
+        return trainer.train(resume_from_checkpoint=resume)
+    finally:
+        if unhook is not None:  # the model may be trained again (a pipeline's next stage): as it was
+            unhook()
 
 
 def head_tiles(hw: Any) -> tuple[int, int]:

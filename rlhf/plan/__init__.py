@@ -243,30 +243,16 @@ def workload(cfg: DictConfig, hw: HardwareConfig, tokens: int | None = None) -> 
             fused_head="mini_batch_size" not in m,  # our ppo computes the completion's logits itself
         )
     virtual = common["virtual_tokens"] if kind == "prompt" else 0  # soft prompts lengthen every sequence
-    if formats & {"preference", "implicit_preference", "unpaired"}:  # rm / dpo / kto
+    batch_key, accum_key = methods.batch_keys(module)
+    sized = {"batch_key": f"hardware.{batch_key}", "batch": getattr(hw, batch_key)}
+    sized.update(tokens=seq + virtual, logit_tokens=seq + virtual, accum_key=f"hardware.{accum_key}")
+    if formats & methods.PREFERENCE_FORMATS:  # rm / dpo / kto
         # dpo and rm run chosen and rejected through the model in one concatenated pass; dpo / kto compare
         # with a reference: the base with the adapter disabled, or a frozen copy when every weight trains
         pairs = 2 if formats & {"preference", "implicit_preference"} else 1
         ref = None if module.HEAD != "causal-lm" else ("adapter" if kind else "copy")
-        return Workload(
-            **common,
-            batch_key="hardware.pref_batch_size",
-            batch=hw.pref_batch_size,
-            pairs=pairs,
-            tokens=seq + virtual,
-            logit_tokens=seq + virtual,
-            reference=ref,
-            accum_key="hardware.pref_grad_accum",
-        )
-    return Workload(
-        **common,
-        batch_key="hardware.sft_batch_size",
-        batch=hw.sft_batch_size,
-        pairs=1,
-        tokens=seq + virtual,
-        logit_tokens=seq + virtual,
-        accum_key="hardware.sft_grad_accum",
-    )
+        return Workload(**common, **sized, pairs=pairs, reference=ref)
+    return Workload(**common, **sized, pairs=1)
 
 
 def optimizer_bytes(optim: str, param_bytes: int) -> float:
@@ -476,24 +462,25 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
 
     if w.trains == "full":
         trainable, tbytes = params, wbytes
+        largest = max([shape.vocab * shape.hidden, *(i * o for _, i, o in shape.linear)])
         adapter_how = ""
     elif w.trains == "lora":
         targets = w.targets
         names = None if targets == "all-linear" else [str(t) for t in targets]
-        trainable = (
-            sum(
-                w.lora_r * (i + o)
-                for name, i, o in shape.linear
-                if names is None or any(name == t or name.endswith(f".{t}") for t in names)
-            )
-            + head_params
-        )
+        adapted = [
+            (i, o)
+            for name, i, o in shape.linear
+            if names is None or any(name == t or name.endswith(f".{t}") for t in names)
+        ]
+        trainable = sum(w.lora_r * (i + o) for i, o in adapted) + head_params
+        largest = max([head_params, *(w.lora_r * max(i, o) for i, o in adapted)])
         tbytes = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype) under bf16 / fp16 bases
         target_text = targets if isinstance(targets, str) else ",".join(names or [])
         adapter_how = f"LoRA r={w.lora_r} on {target_text}: {count(trainable)} params at float32"
     else:  # soft prompts: the virtual tokens' embeddings; prefix tuning: their keys and values at every layer
         per_token = shape.hidden if w.trains == "prompt" else shape.layers * 2 * shape.kv_dim
         trainable, tbytes = w.virtual_tokens * per_token, 4
+        largest = trainable  # one embedding holds them all
         adapter_how = (
             f"{w.trains} tuning, {w.virtual_tokens} virtual tokens: {count(trainable)} params at float32"
         )
@@ -504,6 +491,12 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
     wn = n if shards_weights else 1
     sn = n if shards_states else 1
     grads = trainable * tbytes
+    grads_how = f"trainable params only, {count(trainable)} x {tbytes} B" + (f" / {sn}" if sn > 1 else "")
+    if hw.optimizer_in_backward and engine == "none":  # freed after its update (rlhf.models.in_backward)
+        grads = largest * tbytes
+        grads_how = (
+            f"one weight's at a time (optimizer in backward), the largest {count(largest)} x {tbytes} B"
+        )
     opt_per = optimizer_bytes(hw.optim, tbytes)
     if engine.startswith("deepspeed") and tbytes == 2:
         opt_per += 4  # DeepSpeed's optimizer keeps float32 master weights of 16-bit parameters
@@ -525,13 +518,7 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
     ]
     if w.trains != "full":
         out.append(Term("adapter", trainable * tbytes / wn, adapter_how))
-    out.append(
-        Term(
-            "gradients",
-            grads / sn,
-            f"trainable params only, {count(trainable)} x {tbytes} B" + (f" / {sn}" if sn > 1 else ""),
-        )
-    )
+    out.append(Term("gradients", grads / sn, grads_how))
     out.append(
         Term(
             "optimizer states",

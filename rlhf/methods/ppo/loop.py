@@ -505,7 +505,8 @@ def optimise(model, optimizer, accelerator, rollout: dict[str, Any], m) -> dict[
                 loss = pg_loss + m.vf_coef * vf_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    norm = accelerator.clip_grad_norm_(model.parameters(), m.max_grad_norm)
+                    clip = m.max_grad_norm if m.max_grad_norm > 0 else float("inf")  # 0: no clipping
+                    norm = accelerator.clip_grad_norm_(model.parameters(), clip)
                     totals.setdefault("grad_norm", []).append(float(norm))  # before clipping
                 optimizer.step()
                 optimizer.zero_grad()
