@@ -27,18 +27,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 QUANT_TYPES = ("nf4", "fp4")
 # hardware.optim values (transformers' names, by prefix) whose update of a weight reads only that weight's
 # gradient and state: hardware.optimizer_in_backward can run them one weight at a time
-PER_WEIGHT = (
-    "adamw_torch",
-    "adafactor",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-    "lion",
-    "paged_",
-    "adamw_bnb",
-    "adamw_8bit",
-)
-PER_WEIGHT += ("ademamix",)
+PER_WEIGHT = ("adamw_torch", "adafactor", "sgd", "adagrad", "rmsprop", "lion", "ademamix")  # torchao's too
+PER_WEIGHT += ("paged_", "adamw_bnb", "adamw_8bit")  # bitsandbytes'
 
 
 def validate(cfg: DictConfig) -> None:

@@ -157,6 +157,12 @@ CASES = [
         "would update before the gradients are averaged across processes; fix: use distributed=none",
     ),
     (
+        "optimizer-in-backward-with-a-schedule-free-optimizer",
+        lambda t: ["method=sft", *IN_BACKWARD, "hardware.optim=schedule_free_adamw"],
+        "hardware.optim=schedule_free_adamw: hardware.optimizer_in_backward=true updates each weight in backward, "
+        "one weight at a time: this optimizer's step is not known to update each weight on its own",
+    ),
+    (
         "optimizer-in-backward-in-ppo",
         lambda t: ["method=ppo", *IN_BACKWARD],
         "method=ppo: hardware.optimizer_in_backward=true updates each weight in backward, through the "
