@@ -94,14 +94,15 @@ def install(trainer: Any) -> Callable[[], None]:
     made: list[InBackward] = []
 
     def create_optimizer(model: Any = None) -> torch.optim.Optimizer:
-        optimizer = build(model)
-        if not made:
-            made.append(InBackward(optimizer))
-        trainer.optimizer = made[0]
-        return made[0]
+        built = build(model)  # the trainer's optimizer: a new one, or the one it has (accelerate's wrapper)
+        if made and made[-1] in (built, getattr(built, "optimizer", None)):
+            return built
+        made.append(InBackward(built))
+        trainer.optimizer = made[-1]
+        return made[-1]
 
     def get_grad_norm(model: Any, grad_norm: Any = None) -> float:
-        return made[0].grad_norm()
+        return made[-1].grad_norm()
 
     def remove() -> None:
         for optimizer in made:
