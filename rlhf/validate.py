@@ -275,7 +275,7 @@ def check_in_backward(cfg: DictConfig, h, p: Problems) -> None:
         f"use distributed=none, or {off}",
     )
     p.check(
-        h.optim.startswith(PER_WEIGHT) and "layerwise" not in h.optim,
+        h.optim.startswith(PER_WEIGHT),  # no layerwise (GaLore, APOLLO) name starts with one
         "hardware.optim",
         h.optim,
         f"{why}, one weight at a time: this optimizer's step is not known to update each weight on its own "

@@ -5,8 +5,8 @@ A step then never holds every gradient at once: full fine-tuning's gradients (as
 shrink to the largest single one, ~0.5 GB less for the embedded model in float32. The update itself is the
 trainer's own optimizer, run on one weight at a time (its step skips every weight without a gradient): where
 the update of a weight reads that weight's gradient and state only (AdamW, Adafactor, SGD, Lion, bitsandbytes'
-8-bit states: rlhf.validate.PER_WEIGHT), the weights, the optimizer state, the checkpoint and its resume are those of the
-usual step without clipping.
+8-bit states: rlhf.validate.PER_WEIGHT), the weights, the optimizer state, the checkpoint and its resume are
+those of the usual step without clipping.
 
 What a step can no longer do, and `rlhf.validate` refuses in one line: clip by the norm of all gradients
 (method.max_grad_norm must be 0), accumulate gradients over micro-batches (the profile's grad_accum must be 1),
@@ -61,7 +61,6 @@ class InBackward(torch.optim.Optimizer):
         self.inner.step()  # only p has a gradient now: the ones before it were freed, the rest are to come
         p.grad = None
 
-    @torch.no_grad()
     def step(self, closure: Any = None) -> None:
         """Done in backward."""
         return None
