@@ -223,3 +223,37 @@ def test_a_fresh_critic_leaves_each_response_the_sign_of_its_score_then_learns(m
     before = core.masked_mean(rollout["returns"] ** 2, rollout["mask"])  # the head predicted 0
     after = core.masked_mean((values.float() - rollout["returns"]) ** 2, rollout["mask"])
     assert after < before, (after, before)
+
+
+def test_max_grad_norm_0_clips_nothing(make_cfg, tiny):
+    """method.max_grad_norm=0 means no clipping (transformers' meaning, and what hardware.optimizer_in_backward
+    asks for): the same update as a bound no gradient reaches, where clipping to 0 would leave every weight."""
+    import copy
+
+    from accelerate import Accelerator
+    from peft import get_peft_model
+
+    cfg = ppo_cfg(make_cfg, "method.learning_rate=5e-3", "method.vf_coef=0.0", "method.weight_decay=0.0")
+    model, tokenizer = tiny()
+    m = cfg.method
+    torch.manual_seed(0)
+    start = loop.PolicyWithValue(get_peft_model(model, lora_config(m)))
+    prompts = [[{"role": "user", "content": "I feel so"}]] * m.batch_size
+    rollout = loop.make_rollout(start, tokenizer, prompts, m, rewards.build(cfg.reward), kl_coef=0.0)
+    rollout["advantages"] = torch.tensor([1.0, -1.0] * (m.batch_size // 2))[:, None] * rollout["mask"]
+    before = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
+    trained, norms = {}, {}
+    for bound in (0.0, 1e9):
+        policy = copy.deepcopy(start)
+        params = [p for p in policy.parameters() if p.requires_grad]
+        bounded = copy.deepcopy(m)
+        bounded.max_grad_norm = bound
+        optimizer = loop.make_optimizer(params, "adamw_torch", bounded)
+        torch.manual_seed(1)  # the same mini-batch order and dropout masks in both
+        stats = loop.optimise(policy, optimizer, Accelerator(cpu=True), rollout, bounded)
+        trained[bound] = {n: p.detach() for n, p in policy.named_parameters() if p.requires_grad}
+        norms[bound] = stats["grad_norm"]
+    assert norms[0.0] == norms[1e9] > 0
+    assert any(not torch.equal(trained[0.0][n], w) for n, w in before.items())
+    for n, w in trained[1e9].items():
+        torch.testing.assert_close(trained[0.0][n], w, rtol=0, atol=0, msg=n)
