@@ -268,11 +268,11 @@ def check_in_backward(cfg: DictConfig, h, p: Problems) -> None:
     )
     name, engine, _ = distributed.in_effect(cfg)
     p.check(
-        engine == "none",
+        engine in ("none", "fsdp"),  # FSDP2 runs the hooks on each shard once its gradients are reduced
         "distributed",
         name,
-        f"{why}: each process would update before the gradients are averaged across processes",
-        f"use distributed=none, or {off}",
+        f"{why}: under {name} each process would update before the gradients are averaged across processes",
+        f"use distributed=fsdp (it runs the update after the reduction) or distributed=none, or {off}",
     )
     p.check(
         h.optim.startswith(PER_WEIGHT),  # no layerwise (GaLore, APOLLO) name starts with one

@@ -262,7 +262,8 @@ def assert_rank0_wrote_the_run(run: Path, out, steps: int, engine: str = "ddp") 
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(curve(run)) == steps  # one row per step: rank 1 wrote none
     assert [p.name for p in run.glob("summary*.json")] == ["summary.json"]
-    assert (run / "model" / "adapter_model.safetensors").is_file()
+    saved = {p.name for p in (run / "model").glob("*.safetensors")}
+    assert saved in ({"adapter_model.safetensors"}, {"model.safetensors"})  # an adapter, or every weight
     assert out.stdout.count("\n  saved to ") == 1  # one run table: rank 0 alone saved, sampled and reported
     assert (run / "accelerate.yaml").is_file()
     assert (run / "deepspeed.json").exists() == engine.startswith("deepspeed")
@@ -461,6 +462,55 @@ def test_fsdp_in_bf16_on_a_cpu_returns_float32_outputs_as_ddp_with_autocast_does
     )  # fmt: skip
     assert_rank0_wrote_the_run(tmp_path / "run", out, steps=1, engine="fsdp")
     assert curve(tmp_path / "run")[0][2] == pytest.approx(math.log(2), abs=1e-6)
+
+
+# full sft with the optimizer stepped in backward (rlhf.models.in_backward): no clipping, no accumulation
+IN_BACKWARD = [
+    "method=sft",
+    "method.max_grad_norm=0",
+    "hardware.sft_batch_size=1",
+    "hardware.sft_grad_accum=1",
+]
+
+
+def test_under_fsdp_the_optimizer_in_backward_steps_each_shard_as_the_step_after_backward(run_rlhf, tmp_path):
+    """distributed=fsdp, hardware.optimizer_in_backward=true: each process updates its shard of a weight in
+    backward, once FSDP has reduced that layer's gradients (torch runs a shard's post-accumulate-grad hooks
+    right after its reduce-scatter). Full sft on two processes: the curve and the saved weights of the step
+    after backward, bit for bit, and the gradient norm summed over both processes' shards. The hooks go on the
+    shards accelerate swaps into the optimizer: left on the weights it was built with, none ran (the norm was
+    0) and the usual step did the update."""
+    for way in ("after", "in"):
+        out = two_processes(
+            run_rlhf, tmp_path / way, *TINY, *IN_BACKWARD, f"hardware.optimizer_in_backward={way == 'in'}",
+            engine="fsdp",
+        )  # fmt: skip
+        assert_rank0_wrote_the_run(tmp_path / way, out, steps=3, engine="fsdp")
+    after, fused = tmp_path / "after", tmp_path / "in"
+    assert curve(fused) == curve(after)
+    norms = [(a[2], b[2]) for a, b in zip(curve(after, "grad_norm"), curve(fused, "grad_norm"), strict=True)]
+    assert len(norms) == 3 and all(b > 0 and b == pytest.approx(a, rel=1e-5) for a, b in norms)
+    one, two = weights(after), weights(fused)
+    assert one.keys() == two.keys() and all(one[k].equal(two[k]) for k in one)
+
+
+@pytest.mark.slow
+def test_a_stopped_fsdp_run_with_the_optimizer_in_backward_resumes_to_the_same_end(
+    run_rlhf, start_rlhf, tmp_path
+):
+    """The shards' optimizer state, saved by torch's distributed checkpoint through the step in backward (its
+    load first builds a state by stepping zero gradients, which the wrapper passes to the optimizer): SIGINT at
+    step 2, then resume=, ends on the uninterrupted run's curve and weights bit for bit."""
+    overrides = [*STOPPABLE, *IN_BACKWARD, "hardware.optimizer_in_backward=true", "method.max_steps=8"]
+    overrides += ["distributed=fsdp", "distributed.num_processes=2"]
+    run, record = whole_and_stopped(run_rlhf, start_rlhf, tmp_path, overrides, 2, signal.SIGINT)
+    assert 2 <= record["step"] < 8
+    resumed = run_rlhf(f"resume={run}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == record["step"]
+    assert curve(run) == curve(tmp_path / "whole")
+    one, two = weights(tmp_path / "whole"), weights(run)
+    assert one.keys() == two.keys() and all(one[k].equal(two[k]) for k in one)
 
 
 @pytest.mark.slow

@@ -153,8 +153,8 @@ CASES = [
     (
         "optimizer-in-backward-under-ddp",
         lambda t: ["method=sft", *IN_BACKWARD, "distributed=ddp"],
-        "distributed=ddp: hardware.optimizer_in_backward=true updates each weight in backward: each process "
-        "would update before the gradients are averaged across processes; fix: use distributed=none",
+        "distributed=ddp: hardware.optimizer_in_backward=true updates each weight in backward: under ddp each "
+        "process would update before the gradients are averaged across processes; fix: use distributed=fsdp",
     ),
     (
         "optimizer-in-backward-with-a-schedule-free-optimizer",

@@ -363,3 +363,23 @@ def test_the_optimizer_stepped_in_backward_holds_one_weights_gradient(make_cfg):
     assert usual.total - fused.total == pytest.approx(term(usual, "gradients") - term(fused, "gradients"))
     under_ddp = plan.terms(s, fused.hw, fused.work, "ddp", 2)
     assert term(under_ddp, "gradients") == term(usual, "gradients")
+    # under FSDP, one layer group's shards: mistral's root (its embeddings and untied output layer) over 4
+    sharded, sharded_usual = (plan.terms(s, e.hw, e.work, "fsdp", 4) for e in (fused, usual))
+    root = s.vocab * s.hidden + s.lm_head
+    assert root > (s.params - root) / s.layers and s.lm_head > 0
+    assert term(sharded, "gradients") == root * plan.DTYPE_BYTES[fused.hw.model_dtype] / 4
+    assert term(sharded_usual, "gradients") > 25 * term(sharded, "gradients")
+
+
+def test_a_fix_for_the_optimizer_in_backward_keeps_to_what_it_runs_with(make_cfg):
+    """Its fixes neither accumulate (a smaller batch with more accumulation) nor move to DeepSpeed without
+    turning it off: the rule would refuse the run they suggest."""
+    over = ["model=mistral-7b", "hardware=a100", "method=sft", "method.max_grad_norm=0"]
+    usual = estimate(make_cfg, *over)
+    fused = estimate(make_cfg, *over, "hardware.optimizer_in_backward=true")
+    budget = 39 * 2**30
+    assert any("grad_accum" in text for _, text, _ in plan.fixes(usual, budget))
+    texts = {kind: text for kind, text, _ in plan.fixes(fused, budget)}
+    assert "batch" not in texts
+    assert texts["zero3"].endswith(" hardware.optimizer_in_backward=false")
+    assert texts["offload"].endswith(" hardware.optimizer_in_backward=false")

@@ -10,9 +10,15 @@ those of the usual step without clipping.
 
 What a step can no longer do, and `rlhf.validate` refuses in one line: clip by the norm of all gradients
 (method.max_grad_norm must be 0), accumulate gradients over micro-batches (the profile's grad_accum must be 1),
-unscale fp16 gradients, wait for another process's gradients (one process, no engine), or run an optimizer
-whose step keeps counts of its own (schedule-free ones count steps per group). The gradient norm is still
-logged: the hooks add up each gradient's squares before its update.
+unscale fp16 gradients, wait for another process's gradients (DDP and DeepSpeed average them after the hooks
+run), or run an optimizer whose step keeps counts of its own (schedule-free ones count steps per group). The
+gradient norm is still logged: the hooks add up each gradient's squares before its update.
+
+Under FSDP2 (distributed=fsdp) the hooks run on each process's shard of a weight, once FSDP has reduced that
+layer's gradients across the processes (torch calls a sharded parameter's post-accumulate-grad hooks right
+after its reduce-scatter; torchtune's distributed full fine-tuning runs its optimizer in backward this way).
+Each process updates its own shard, as its optimizer would after backward, and the squares of the shards are
+summed over the processes for the logged norm.
 """
 
 from __future__ import annotations
@@ -38,10 +44,18 @@ class InBackward(torch.optim.Optimizer):
         self._optimizer_state_dict_post_hooks = {}
         self._optimizer_load_state_dict_pre_hooks = {}
         self._optimizer_load_state_dict_post_hooks = {}
-        self.squares = torch.zeros((), dtype=torch.float64)  # this step's gradients, squared and summed
+        self.squares: torch.Tensor | None = None  # this step's gradients, squared and summed (their device)
+        self.sharded = False  # FSDP's shards: each process summed its own
+        self.handles: list[Any] = []
+        self.hook()
+
+    def hook(self) -> None:
+        """Hook the weights the inner optimizer holds now: under FSDP2 accelerate's prepare swaps them for the
+        sharded ones after the optimizer is built (install hooks them again when training begins)."""
+        self.remove()
         self.handles = [
             p.register_post_accumulate_grad_hook(self._update)
-            for group in inner.param_groups
+            for group in self.inner.param_groups
             for p in group["params"]
             if p.requires_grad
         ]
@@ -56,23 +70,35 @@ class InBackward(torch.optim.Optimizer):
         return self.inner.state
 
     def _update(self, p: torch.Tensor) -> None:
-        norm = torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)  # a reduction: no copy of it
-        self.squares += norm.double() ** 2
+        grad = p.grad.detach()
+        if hasattr(grad, "to_local"):  # a DTensor: FSDP's shard of the reduced gradient
+            grad, self.sharded = grad.to_local(), True
+        square = torch.linalg.vector_norm(grad, dtype=torch.float32).double() ** 2  # a reduction: no copy
+        self.squares = square if self.squares is None else self.squares + square
         self.inner.step()  # only p has a gradient now: the ones before it were freed, the rest are to come
         p.grad = None
 
     def step(self, closure: Any = None) -> None:
-        """Done in backward."""
-        return None
+        """Done in backward: this steps only gradients set outside it (none in training; torch's distributed
+        checkpoint sets zeros to build the state it loads into)."""
+        if any(p.grad is not None for group in self.param_groups for p in group["params"]):
+            self.inner.step(closure)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Every gradient was freed after its update."""
+        """Every gradient of a backward was freed after its update; this clears any set outside it."""
+        self.inner.zero_grad(set_to_none)
 
     def grad_norm(self) -> float:
-        """The norm of the gradients of the last backward (before their updates); starts the next step's sum."""
-        norm = float(self.squares.sqrt())
-        self.squares.zero_()
-        return norm
+        """The norm of the gradients of the last backward (before their updates), over every process's shard;
+        starts the next step's sum."""
+        squares, self.squares = self.squares, None
+        if squares is None:
+            return 0.0
+        if self.sharded:
+            import torch.distributed as dist
+
+            dist.all_reduce(squares)
+        return float(squares.sqrt())
 
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()
@@ -107,6 +133,13 @@ def install(trainer: Any) -> Callable[[], None]:
         for optimizer in made:
             optimizer.remove()
 
+    from transformers import TrainerCallback
+
+    class Rehook(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            made[-1].hook()  # the weights the prepared optimizer holds (FSDP2's shards)
+
     trainer.create_optimizer = create_optimizer
     trainer._get_grad_norm = get_grad_norm
+    trainer.add_callback(Rehook())
     return remove

@@ -460,9 +460,12 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         weights = params * wbytes
         weights_how = f"{count(params)} params at {hw.model_dtype}"
 
+    # root: what FSDP's root group trains (embeddings, output layer, a score head, virtual tokens); the rest is
+    # spread evenly over the decoder layers, one group each
     if w.trains == "full":
         trainable, tbytes = params, wbytes
         largest = max([shape.vocab * shape.hidden, *(i * o for _, i, o in shape.linear)])
+        root = shape.vocab * shape.hidden + shape.lm_head + head_params
         adapter_how = ""
     elif w.trains == "lora":
         targets = w.targets
@@ -474,13 +477,14 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         ]
         trainable = sum(w.lora_r * (i + o) for i, o in adapted) + head_params
         largest = max([head_params, *(w.lora_r * max(i, o) for i, o in adapted)])
+        root = head_params
         tbytes = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype) under bf16 / fp16 bases
         target_text = targets if isinstance(targets, str) else ",".join(names or [])
         adapter_how = f"LoRA r={w.lora_r} on {target_text}: {count(trainable)} params at float32"
     else:  # soft prompts: the virtual tokens' embeddings; prefix tuning: their keys and values at every layer
         per_token = shape.hidden if w.trains == "prompt" else shape.layers * 2 * shape.kv_dim
         trainable, tbytes = w.virtual_tokens * per_token, 4
-        largest = trainable  # one embedding holds them all
+        largest = root = trainable  # one embedding holds them all
         adapter_how = (
             f"{w.trains} tuning, {w.virtual_tokens} virtual tokens: {count(trainable)} params at float32"
         )
@@ -496,6 +500,14 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         grads = largest * tbytes
         grads_how = (
             f"one weight's at a time (optimizer in backward), the largest {count(largest)} x {tbytes} B"
+        )
+    elif hw.optimizer_in_backward and engine == "fsdp":
+        # FSDP reduces a layer group's gradients into one buffer, whose shards live until their updates
+        group = max(root, (trainable - root) / max(1, shape.layers))
+        grads = group * tbytes
+        grads_how = (
+            f"one layer group's at a time (optimizer in backward), the largest {count(group)} x {tbytes} B"
+            + (f" / {sn}" if sn > 1 else "")
         )
     opt_per = optimizer_bytes(hw.optim, tbytes)
     if engine.startswith("deepspeed") and tbytes == 2:
@@ -752,7 +764,9 @@ def fixes(est: Estimate, budget: float) -> list[tuple[str, str, Estimate]]:
     (kind, the overrides, the estimate with them)."""
     hw, w, shape, engine, n = est.hw, est.work, est.shape, est.engine, est.num_processes
     out: list[tuple[str, str, Estimate]] = []
-    if w.batch_key and w.batch > 1:
+    # the optimizer in backward takes no accumulation (a smaller batch would be another run) and no DeepSpeed
+    in_backward = " hardware.optimizer_in_backward=false" if hw.optimizer_in_backward else ""
+    if w.batch_key and w.batch > 1 and not in_backward:
         sizes = list(range(w.batch - 1, 0, -1))
         if w.batch_key == "method.mini_batch_size":  # must divide method.batch_size
             sizes = [b for b in sizes if w.gen_rows % b == 0]
@@ -793,7 +807,8 @@ def fixes(est: Estimate, budget: float) -> list[tuple[str, str, Estimate]]:
         for k in GPU_COUNTS:
             trial = terms(shape, hw, w, "deepspeed-zero3", k)
             if trial.total <= budget or k == GPU_COUNTS[-1]:
-                out.append(("zero3", f"distributed=deepspeed-zero3 distributed.num_processes={k}", trial))
+                text = f"distributed=deepspeed-zero3 distributed.num_processes={k}{in_backward}"
+                out.append(("zero3", text, trial))
                 break
     if engine != "deepspeed-zero3-offload":
         k = max(n, 1)
@@ -801,7 +816,7 @@ def fixes(est: Estimate, budget: float) -> list[tuple[str, str, Estimate]]:
         out.append(
             (
                 "offload",
-                f"distributed=deepspeed-zero3-offload{count}",
+                f"distributed=deepspeed-zero3-offload{count}{in_backward}",
                 terms(shape, hw, w, "deepspeed-zero3-offload", k),
             )
         )
