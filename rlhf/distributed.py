@@ -210,12 +210,28 @@ def in_effect(cfg: DictConfig) -> tuple[str, str, int]:
     return node.name, node.engine, node.zero_stage
 
 
+# hardware.optim values whose step takes FSDP2's DTensor shards. Tested on two CPU processes: transformers'
+# Adafactor makes its factored moments as plain tensors beside them, torch's Adagrad keeps the state it made for
+# the weights accelerate swaps for the shards, and bitsandbytes' kernels have no DTensor rule (bitsandbytes #89):
+# each ended in a traceback at the first step. DeepSpeed's ZeRO steps flat plain tensors and runs them all.
+FSDP_OPTIMIZERS = ("adamw_torch_fused", "adamw_torch", "sgd", "rmsprop")
+
+
 def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
     """The method x engine rules, added to `p` (rlhf.validate.check_method_and_profile calls this on the
     composed profile, and the run again on the one hardware=auto picked)."""
     name, engine, _ = in_effect(cfg)
     if engine in ("none", "ddp"):  # a full copy of the model in every process: every method
         return
+    p.check(
+        engine != "fsdp" or hw.optim in FSDP_OPTIMIZERS,
+        "hardware.optim",
+        hw.optim,
+        f"under distributed={name} every weight and gradient is a DTensor shard, which this optimizer's step "
+        "does not take",
+        f"use hardware.optim={FSDP_OPTIMIZERS[0]} (or {', '.join(FSDP_OPTIMIZERS[1:])}: FSDP shards their states), "
+        "or distributed=deepspeed-zero2 / deepspeed-zero3, which run it",
+    )
     method = cfg.method.name
     m = cfg.method
     if method in OWN_LOOP and m.mini_batch_size > 0 and m.gradient_accumulation_steps > 0:

@@ -184,6 +184,28 @@ CASES = [
         "model.path=meta-llama/Llama-2-7b-hf: not in the local Hugging Face cache",
     ),
     (
+        "fsdp-with-a-bitsandbytes-optimizer",
+        lambda t: [
+            "hardware=cpu",
+            "hardware.optim=adamw_bnb_8bit",
+            "distributed=fsdp",
+            "distributed.num_processes=2",
+        ],
+        "hardware.optim=adamw_bnb_8bit: under distributed=fsdp every weight and gradient is a DTensor shard, which "
+        "this optimizer's step does not take; fix: use hardware.optim=adamw_torch_fused (or adamw_torch, sgd, ",
+    ),
+    (
+        "the-low-memory-preset-under-fsdp",
+        lambda t: [
+            "experiment=sft-low-memory",
+            "hardware=cpu",
+            "distributed=fsdp",
+            "distributed.num_processes=2",
+        ],
+        "hardware.optim=adafactor: under distributed=fsdp every weight and gradient is a DTensor shard, which "
+        "this optimizer's step does not take; fix: use hardware.optim=adamw_torch_fused",
+    ),
+    (
         "unknown-eval-task",
         lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
         "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",
