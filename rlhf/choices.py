@@ -33,6 +33,14 @@ def check(cfg: DictConfig) -> None:
     method = methods.get(m.name)
     p.one_of("method.lr_scheduler_type", m.lr_scheduler_type, schedulers())
     p.one_of("hardware.optim", cfg.hardware.optim, optimizers())
+    own = getattr(method, "OPTIMIZERS", None)  # a method that builds its optimizer itself (our ppo loop)
+    p.check(
+        own is None or cfg.hardware.optim not in optimizers() or cfg.hardware.optim in own,
+        "hardware.optim",
+        cfg.hardware.optim,
+        f"method={m.name} builds its optimizer in its own loop, which knows {', '.join(own or ())}",
+        f"use one of them (hardware.optim={own[0] if own else ''})",
+    )
     library_choices = getattr(method, "library_choices", None)
     for key, choices in (library_choices(m) if library_choices else {}).items():
         p.one_of(f"method.{key}", m[key], choices)

@@ -31,6 +31,17 @@ NAME = "ppo"
 DATA_FORMATS = ("prompts",)
 HEAD = "causal-lm"
 USES_REWARD = True
+# the hardware.optim values our loop builds (loop.make_optimizer); TRL's trainers build every transformers name
+OPTIMIZERS = (
+    "adamw_torch_fused",
+    "adamw_torch",
+    "sgd",
+    "adafactor",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+)
 # a frozen base in bf16 where the CPU computes bf16 (the cpu profile's model_dtype auto), as every LoRA method:
 # experiment=ppo-positive on a 2-core AMX CPU took 4.6 s/rollout and a 1.74 GB training peak on a bf16 base,
 # against 5.7 s and 2.39 GB on a float32 one, and with the zero-initialised critic it learned as well (seeds 1

@@ -535,7 +535,8 @@ def response_mask_until_eos(response: torch.Tensor, eos_token_id: int) -> torch.
 
 
 def make_optimizer(params: list, optim: str, m) -> torch.optim.Optimizer:
-    """The hardware profile's optimizer for our own loop (TRL's trainers read `optim` themselves)."""
+    """The hardware profile's optimizer for our own loop (TRL's trainers read `optim` themselves): one of
+    rlhf.methods.ppo.OPTIMIZERS, which the run checks first."""
     kwargs = {"lr": m.learning_rate, "weight_decay": m.weight_decay}
     if optim.startswith(("paged_adamw", "adamw_8bit", "adamw_bnb_8bit")):
         import bitsandbytes as bnb

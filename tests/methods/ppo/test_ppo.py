@@ -3,6 +3,7 @@ updates follow the advantages, and a 4-bit policy trains every adapter tensor.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rlhf import data, rewards
@@ -257,3 +258,35 @@ def test_max_grad_norm_0_clips_nothing(make_cfg, tiny):
     assert any(not torch.equal(trained[0.0][n], w) for n, w in before.items())
     for n, w in trained[1e9].items():
         torch.testing.assert_close(trained[0.0][n], w, rtol=0, atol=0, msg=n)
+
+
+def test_the_loop_builds_each_optimizer_it_accepts_and_the_run_refuses_the_rest(make_cfg):
+    """hardware.optim under method=ppo: each name the check lets through is built as itself (before the check,
+    rmsprop or adagrad silently trained with AdamW); any other transformers name is refused in one line."""
+    from rlhf import choices
+    from rlhf.errors import ConfigError
+
+    params = [torch.nn.Parameter(torch.zeros(4, 4))]
+    m = make_cfg("method=ppo").method
+    built = {name: type(loop.make_optimizer(params, name, m)).__name__ for name in ppo.OPTIMIZERS}
+    assert built == {
+        "adamw_torch_fused": "AdamW",
+        "adamw_torch": "AdamW",
+        "sgd": "SGD",
+        "adafactor": "Adafactor",
+        "adamw_bnb_8bit": "AdamW8bit",
+        "adamw_8bit": "AdamW8bit",
+        "paged_adamw_32bit": "PagedAdamW32bit",
+        "paged_adamw_8bit": "PagedAdamW8bit",
+    }
+    assert set(ppo.OPTIMIZERS) <= set(choices.optimizers())  # names the first check accepts
+    for name in ("rmsprop", "adagrad"):
+        cfg = make_cfg("method=ppo", "hardware=cpu", f"hardware.optim={name}")
+        with pytest.raises(ConfigError) as err:
+            choices.check(cfg)
+        assert err.value.problems == [
+            f"hardware.optim={name}: method=ppo builds its optimizer in its own loop, which knows "
+            f"{', '.join(ppo.OPTIMIZERS)}; fix: use one of them (hardware.optim=adamw_torch_fused)"
+        ]
+    choices.check(make_cfg("method=ppo", "hardware=cpu", "hardware.optim=sgd"))
+    choices.check(make_cfg("method=dpo", "hardware=cpu", "hardware.optim=rmsprop"))  # TRL's trainers build it
