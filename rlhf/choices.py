@@ -26,6 +26,35 @@ def optimizers() -> list[str]:
     return [o.value for o in OptimizerNames]
 
 
+# hardware.optim values whose optimizer is in a library rlhf does not install, by name prefix: (its import
+# name, what to install). Without it transformers raises at the trainer's first step, after the weights load.
+OPTIMIZER_LIBRARIES = {
+    "galore_": ("galore_torch", "pip install galore-torch"),
+    "apollo_": ("apollo_torch", "pip install apollo-torch"),
+    "lomo": ("lomo_optim", "pip install lomo-optim"),
+    "adalomo": ("lomo_optim", "pip install lomo-optim"),
+    "schedule_free_": ("schedulefree", "pip install schedulefree"),
+    "grokadamw": ("grokadamw", "pip install grokadamw"),
+    "stable_adamw": ("optimi", "pip install torch-optimi"),
+    "adamw_torch_4bit": ("torchao", "pip install torchao"),
+    "adamw_torch_8bit": ("torchao", "pip install torchao"),
+    "adamw_anyprecision": ("torchdistx", "install torchdistx"),
+    "adamw_torch_xla": ("torch_xla", "install torch_xla (TPUs)"),
+    "adamw_torch_npu_fused": ("torch_npu", "install torch_npu (Ascend NPUs)"),
+    "adamw_apex_fused": ("apex", "install NVIDIA apex"),
+}
+
+
+def optimizer_library(optim: str) -> tuple[str, str] | None:
+    """(import name, how to install it) of the library `optim` needs where it is not installed, else None."""
+    import importlib.util
+
+    for prefix, (module, install) in OPTIMIZER_LIBRARIES.items():
+        if optim.startswith(prefix) and importlib.util.find_spec(module) is None:
+            return module, install
+    return None
+
+
 def check(cfg: DictConfig) -> None:
     p = Problems()
     p.one_of("model.attn_implementation", cfg.model.attn_implementation, models.attention_kernels())
@@ -33,6 +62,14 @@ def check(cfg: DictConfig) -> None:
     method = methods.get(m.name)
     p.one_of("method.lr_scheduler_type", m.lr_scheduler_type, schedulers())
     p.one_of("hardware.optim", cfg.hardware.optim, optimizers())
+    missing = optimizer_library(cfg.hardware.optim)
+    p.check(
+        missing is None,
+        "hardware.optim",
+        cfg.hardware.optim,
+        f"this optimizer is in {missing[0] if missing else ''}, which is not installed",
+        f"{missing[1] if missing else ''}, or use hardware.optim=adamw_torch_fused",
+    )
     own = getattr(method, "OPTIMIZERS", None)  # a method that builds its optimizer itself (our ppo loop)
     p.check(
         own is None or cfg.hardware.optim not in optimizers() or cfg.hardware.optim in own,

@@ -206,6 +206,12 @@ CASES = [
         "this optimizer's step does not take; fix: use hardware.optim=adamw_torch_fused",
     ),
     (
+        "an-optimizer-whose-library-is-not-installed",
+        lambda t: ["model=tiny", "hardware=cpu", "hardware.optim=adamw_torch_xla"],
+        "hardware.optim=adamw_torch_xla: this optimizer is in torch_xla, which is not installed; fix: install "
+        "torch_xla (TPUs), or use hardware.optim=adamw_torch_fused",
+    ),
+    (
         "unknown-eval-task",
         lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
         "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",
