@@ -61,6 +61,8 @@ def check(cfg: DictConfig) -> None:
     m = cfg.method
     method = methods.get(m.name)
     p.one_of("method.lr_scheduler_type", m.lr_scheduler_type, schedulers())
+    if m.lr_scheduler_type in schedulers():
+        check_scheduler(m.lr_scheduler_type, dict(m.lr_scheduler_kwargs), p)
     p.one_of("hardware.optim", cfg.hardware.optim, optimizers())
     missing = optimizer_library(cfg.hardware.optim)
     p.check(
@@ -84,6 +86,38 @@ def check(cfg: DictConfig) -> None:
     if method.adapter_kind(m) == "lora" and m.target_modules != "all-linear":
         check_target_modules(cfg, p)
     p.raise_if_any()
+
+
+def check_scheduler(name: str, kwargs: dict, p: Problems) -> None:
+    """The schedule built as the trainer will build it, on a stand-in optimizer: settings it requires
+    (cosine_with_min_lr's min_lr or min_lr_rate, warmup_stable_decay's num_decay_steps) or does not know end
+    there, in the library's words, rather than at the trainer's first step."""
+    import inspect
+
+    import torch
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, get_scheduler
+    from transformers.trainer_utils import SchedulerType
+
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        get_scheduler(
+            name, stand_in, num_warmup_steps=0, num_training_steps=10, scheduler_specific_kwargs=kwargs
+        )
+    except (TypeError, ValueError) as e:
+        known = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]).parameters
+        standard = ("optimizer", "num_warmup_steps", "num_training_steps", "last_epoch", "kwargs")
+        settings = [k for k in known if k not in standard]
+        message = str(e).splitlines()[0]
+        named = [k for k in settings if k in message] or settings  # the one the library asks for, if it says
+        p.check(
+            False,
+            "method.lr_scheduler_kwargs",
+            kwargs,
+            f"method.lr_scheduler_type={name} rejects them: {message}",
+            f"give its settings ({', '.join(settings)}), each as +method.lr_scheduler_kwargs.{named[0]}=..."
+            if settings
+            else "drop them",
+        )
 
 
 def check_target_modules(cfg: DictConfig, p: Problems) -> None:

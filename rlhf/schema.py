@@ -48,6 +48,9 @@ class TrainingConfig:
     num_epochs: float = MISSING
     max_steps: int = 0  # > 0 overrides num_epochs
     lr_scheduler_type: str = "linear"
+    # the schedule's own settings (transformers' lr_scheduler_kwargs), e.g. {min_lr_rate: 0.1} for
+    # cosine_with_min_lr or {num_decay_steps: 100} for warmup_stable_decay
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

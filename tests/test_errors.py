@@ -212,6 +212,18 @@ CASES = [
         "torch_xla (TPUs), or use hardware.optim=adamw_torch_fused",
     ),
     (
+        "a-schedule-without-its-settings",
+        lambda t: ["model=tiny", "hardware=cpu", "method.lr_scheduler_type=cosine_with_min_lr"],
+        "method.lr_scheduler_kwargs={}: method.lr_scheduler_type=cosine_with_min_lr rejects them: One of min_lr or "
+        "min_lr_rate should be set",
+    ),
+    (
+        "ppo-with-a-learning-rate-schedule",
+        lambda t: ["method=ppo", "hardware=cpu", "method.lr_scheduler_type=cosine"],
+        "method.lr_scheduler_type=cosine: method=ppo's loop keeps the learning rate constant (no schedule, no "
+        "warmup); fix: drop it (method.lr_scheduler_type=constant)",
+    ),
+    (
         "unknown-eval-task",
         lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
         "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",

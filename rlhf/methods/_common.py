@@ -155,6 +155,7 @@ def trainer_args(inputs: Any, batch: tuple[int, int], max_length: int | None = -
         "num_train_epochs": m.num_epochs,
         "max_steps": m.max_steps if m.max_steps > 0 else -1,
         "lr_scheduler_type": m.lr_scheduler_type,
+        "lr_scheduler_kwargs": dict(m.lr_scheduler_kwargs),
         "warmup_steps": m.warmup_ratio,  # transformers 5: a float below 1 is a fraction of the steps
         "weight_decay": m.weight_decay,
         "max_grad_norm": m.max_grad_norm,

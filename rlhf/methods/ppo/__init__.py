@@ -109,6 +109,20 @@ def validate(m: Config, p: Problems) -> None:
     for key in ("gamma", "lam"):
         value = getattr(m, key)
         p.check(0 <= value <= 1, f"method.{key}", value, "must be in [0, 1]", "use e.g. 1.0 and 0.95")
+    # our loop keeps the learning rate constant: a schedule or a warmup asked for would silently not happen
+    for key, constant in (
+        ("lr_scheduler_type", "constant"),
+        ("warmup_ratio", 0.0),
+        ("lr_scheduler_kwargs", {}),
+    ):
+        p.check(
+            getattr(m, key) == constant,
+            f"method.{key}",
+            getattr(m, key),
+            "method=ppo's loop keeps the learning rate constant (no schedule, no warmup)",
+            f"drop it (method.{key}={'{}' if constant == {} else constant}), or use method=grpo or rloo, "
+            "whose trainers schedule it",
+        )
 
 
 def library_choices(m: Config) -> dict[str, list[str]]:
