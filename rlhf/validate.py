@@ -222,6 +222,14 @@ def check_method_and_profile(cfg: DictConfig, h, p: Problems) -> None:
         "4-bit weights cannot be fully fine-tuned",
         "train a LoRA adapter (method=lora, or method.adapter=lora) or set hardware.load_in_4bit=false",
     )
+    p.check(
+        not (cfg.model.attn_implementation == "flex_attention" and h.device == "cpu"),
+        "model.attn_implementation",
+        cfg.model.attn_implementation,
+        "on a CPU torch compiles flex attention into C++ that does not compile (torch 2.13: the first forward "
+        "ends in inductor's CppCompileError)",
+        "use sdpa (the default) or eager on a CPU; flex_attention on a GPU profile",
+    )
     if hasattr(method, "check_hardware"):
         method.check_hardware(t, h, p)
     distributed.check(cfg, h, p)  # the method under the engine in effect (the preset's, or the launch's)

@@ -224,6 +224,12 @@ CASES = [
         "warmup); fix: drop it (method.lr_scheduler_type=constant)",
     ),
     (
+        "flex-attention-on-a-cpu",
+        lambda t: ["model=tiny", "hardware=cpu", "model.attn_implementation=flex_attention"],
+        "model.attn_implementation=flex_attention: on a CPU torch compiles flex attention into C++ that does not "
+        "compile",
+    ),
+    (
         "unknown-eval-task",
         lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
         "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",
