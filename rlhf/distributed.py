@@ -276,6 +276,15 @@ def check_machine(d: DictConfig, hw: Any, gpus: int, given_run_dir: bool, p: Pro
             d.zero_stage in (2, 3), "distributed.zero_stage", d.zero_stage, "must be 2 or 3", "use 2 or 3"
         )
         p.one_of("distributed.offload", d.offload, ("none", "cpu"))
+    if d.engine == "fsdp":
+        p.check(
+            not (d.offload_params and hw.device == "cpu"),
+            "distributed.offload_params",
+            d.offload_params,
+            "FSDP offloads parameters from GPUs into CPU RAM, and this run trains on the CPU, where they are "
+            "already (torch's offload policy asks for an accelerator and stops the launch)",
+            "drop it (distributed.offload_params=false)",
+        )
     if d.num_processes is None:
         p.check(
             hw.device != "cpu",

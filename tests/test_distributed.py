@@ -141,6 +141,10 @@ def test_machine_checks_name_key_value_and_fix(make_cfg):
         "distributed=deepspeed-zero3", "distributed.zero_stage=1", "distributed.num_processes=2"
     )
     assert line == "distributed.zero_stage=1: must be 2 or 3; fix: use 2 or 3"
+    # FSDP's parameter offload moves weights off a GPU: on CPU processes torch stopped the launch with a traceback
+    (line,) = problems("distributed=fsdp", "distributed.offload_params=true", "distributed.num_processes=2")
+    assert line.startswith("distributed.offload_params=true: FSDP offloads parameters from GPUs into CPU RAM")
+    assert problems("distributed=fsdp", "distributed.offload_params=true", hw=GPU_PROFILE, gpus=2) == []
 
 
 def accelerate_launch_settings(config_file: Path):
