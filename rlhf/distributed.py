@@ -232,6 +232,17 @@ def check(cfg: DictConfig, hw: Any, p: Problems) -> None:
         f"use hardware.optim={FSDP_OPTIMIZERS[0]} (or {', '.join(FSDP_OPTIMIZERS[1:])}: FSDP shards their states), "
         "or distributed=deepspeed-zero2 / deepspeed-zero3, which run it",
     )
+    node = cfg.get("distributed")
+    offload = engine == "deepspeed" and node is not None and node.get("offload") == "cpu"
+    p.check(
+        not offload or hw.optim.startswith(("adamw", "paged_adamw")),
+        "hardware.optim",
+        hw.optim,
+        f"under distributed={name} DeepSpeed steps the offloaded states with its own CPU AdamW (deepspeed.json's "
+        "optimizer), so this optimizer would not run",
+        "use an AdamW (hardware.optim=adamw_torch_fused: its learning rate, betas, eps and weight decay carry over), "
+        "or distributed=deepspeed-zero3 without offload",
+    )
     method = cfg.method.name
     m = cfg.method
     if method in OWN_LOOP and m.mini_batch_size > 0 and m.gradient_accumulation_steps > 0:

@@ -230,6 +230,17 @@ CASES = [
         "compile",
     ),
     (
+        "an-optimizer-zero3-offload-replaces",
+        lambda t: [
+            "hardware=cpu",
+            "hardware.optim=sgd",
+            "distributed=deepspeed-zero3-offload",
+            "distributed.num_processes=2",
+        ],
+        "hardware.optim=sgd: under distributed=deepspeed-zero3-offload DeepSpeed steps the offloaded states with its "
+        "own CPU AdamW",
+    ),
+    (
         "unknown-eval-task",
         lambda t: ["model=tiny", "eval.tasks=[rlhf_general_mc,no_such_task]"],
         "eval.tasks=['rlhf_general_mc', 'no_such_task']: unknown task no_such_task; fix:",
