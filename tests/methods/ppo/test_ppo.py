@@ -74,20 +74,27 @@ def test_reference_stays_fixed_while_the_policy_moves_and_kl_grows(make_cfg, tin
         assert key in log.rows[-1], key
 
 
-def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(make_cfg, tiny):
-    from accelerate import Accelerator
+def signed_rollout(make_cfg, tiny, *overrides):
+    """A LoRA policy on the tiny model and one rollout of its own whose advantages are made by hand: even rows
+    good (+1), odd rows bad (-1); learning rate 5e-3, no value loss. (policy, rollout, method config, signs)."""
     from peft import get_peft_model
 
-    cfg = ppo_cfg(make_cfg, "method.learning_rate=5e-3", "method.ppo_epochs=4", "method.vf_coef=0.0")
+    cfg = ppo_cfg(make_cfg, "method.learning_rate=5e-3", "method.vf_coef=0.0", *overrides)
     model, tokenizer = tiny()
     m = cfg.method
     torch.manual_seed(0)
     policy = loop.PolicyWithValue(get_peft_model(model, lora_config(m)))
     prompts = [[{"role": "user", "content": "I feel so"}]] * m.batch_size
-    keyword = rewards.build(cfg.reward)
-    rollout = loop.make_rollout(policy, tokenizer, prompts, m, keyword, kl_coef=0.0)
+    rollout = loop.make_rollout(policy, tokenizer, prompts, m, rewards.build(cfg.reward), kl_coef=0.0)
     sign = torch.tensor([1.0, -1.0] * (m.batch_size // 2))
-    rollout["advantages"] = sign[:, None] * rollout["mask"]  # hand-made advantages: even rows good, odd bad
+    rollout["advantages"] = sign[:, None] * rollout["mask"]
+    return policy, rollout, m, sign
+
+
+def test_an_update_raises_positive_advantage_responses_and_lowers_negative_ones(make_cfg, tiny):
+    from accelerate import Accelerator
+
+    policy, rollout, m, sign = signed_rollout(make_cfg, tiny, "method.ppo_epochs=4")
     accelerator = Accelerator(cpu=True)
     optimizer = loop.make_optimizer([p for p in policy.parameters() if p.requires_grad], "adamw_torch", m)
     loop.optimise(policy, optimizer, accelerator, rollout, m)
@@ -232,16 +239,8 @@ def test_max_grad_norm_0_clips_nothing(make_cfg, tiny):
     import copy
 
     from accelerate import Accelerator
-    from peft import get_peft_model
 
-    cfg = ppo_cfg(make_cfg, "method.learning_rate=5e-3", "method.vf_coef=0.0", "method.weight_decay=0.0")
-    model, tokenizer = tiny()
-    m = cfg.method
-    torch.manual_seed(0)
-    start = loop.PolicyWithValue(get_peft_model(model, lora_config(m)))
-    prompts = [[{"role": "user", "content": "I feel so"}]] * m.batch_size
-    rollout = loop.make_rollout(start, tokenizer, prompts, m, rewards.build(cfg.reward), kl_coef=0.0)
-    rollout["advantages"] = torch.tensor([1.0, -1.0] * (m.batch_size // 2))[:, None] * rollout["mask"]
+    start, rollout, m, _ = signed_rollout(make_cfg, tiny, "method.weight_decay=0.0")
     before = {n: p.detach().clone() for n, p in start.named_parameters() if p.requires_grad}
     trained, norms = {}, {}
     for bound in (0.0, 1e9):
