@@ -460,12 +460,12 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         weights = params * wbytes
         weights_how = f"{count(params)} params at {hw.model_dtype}"
 
-    # root: what FSDP's root group trains (embeddings, output layer, a score head, virtual tokens); the rest is
+    # root_trains: what FSDP's root group trains (embeddings, output layer, a score head, virtual tokens); the rest is
     # spread evenly over the decoder layers, one group each
     if w.trains == "full":
         trainable, tbytes = params, wbytes
         largest = max([shape.vocab * shape.hidden, *(i * o for _, i, o in shape.linear)])
-        root = shape.vocab * shape.hidden + shape.lm_head + head_params
+        root_trains = shape.vocab * shape.hidden + shape.lm_head + head_params
         adapter_how = ""
     elif w.trains == "lora":
         targets = w.targets
@@ -477,14 +477,14 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         ]
         trainable = sum(w.lora_r * (i + o) for i, o in adapted) + head_params
         largest = max([head_params, *(w.lora_r * max(i, o) for i, o in adapted)])
-        root = head_params
+        root_trains = head_params
         tbytes = 4  # peft keeps adapter weights in float32 (autocast_adapter_dtype) under bf16 / fp16 bases
         target_text = targets if isinstance(targets, str) else ",".join(names or [])
         adapter_how = f"LoRA r={w.lora_r} on {target_text}: {count(trainable)} params at float32"
     else:  # soft prompts: the virtual tokens' embeddings; prefix tuning: their keys and values at every layer
         per_token = shape.hidden if w.trains == "prompt" else shape.layers * 2 * shape.kv_dim
         trainable, tbytes = w.virtual_tokens * per_token, 4
-        largest = root = trainable  # one embedding holds them all
+        largest = root_trains = trainable  # one embedding holds them all
         adapter_how = (
             f"{w.trains} tuning, {w.virtual_tokens} virtual tokens: {count(trainable)} params at float32"
         )
@@ -503,7 +503,7 @@ def terms(shape: Shape, hw: HardwareConfig, w: Workload, engine: str, n: int) ->
         )
     elif hw.optimizer_in_backward and engine == "fsdp":
         # FSDP reduces a layer group's gradients into one buffer, whose shards live until their updates
-        group = max(root, (trainable - root) / max(1, shape.layers))
+        group = max(root_trains, (trainable - root_trains) / max(1, shape.layers))
         grads = group * tbytes
         grads_how = (
             f"one layer group's at a time (optimizer in backward), the largest {count(group)} x {tbytes} B"
